@@ -1,0 +1,120 @@
+# Raw video in, action labels out. `make help` lists the verbs.
+# Real artifacts are file targets (a second `make demo` runs nothing); .PHONY only for verbs.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+.DEFAULT_GOAL := help
+MAKEFLAGS += --warn-undefined-variables --no-builtin-rules
+
+PYTHON_BASE ?= python3
+VENV        := .venv
+PY          := $(VENV)/bin/python
+STAMP       := $(VENV)/.installed
+ART         ?= artifacts
+
+DATASET   ?= mocap15
+ESTIMATOR ?= vitpose
+MODEL     ?= motionbert
+BACKBONE  ?= dstformer
+SPLIT     ?= xview
+DEVICE    ?= auto
+CONFIG    ?= configs/recognition/$(MODEL)_$(DATASET).yaml
+RUN       ?= $(ART)/runs/$(MODEL)_$(DATASET)_$(SPLIT)
+INDEX     ?= $(ART)/datasets/$(DATASET).pkl
+SET       ?=
+PYTEST_ARGS ?=
+
+REC_SRC := $(shell find recognition pipeline -name '*.py' 2>/dev/null)
+DEMO_DATA := $(ART)/datasets/mocap15.pkl
+DEMO_BASE := $(ART)/runs/motionbert_mocap15_xview
+DEMO_MCLR := $(ART)/runs/maskclr_mocap15_xview
+
+# ---------------------------------------------------------------------------------------
+# Environment: .venv is made on first use. The torch + torchvision pair is installed first
+# and pinned, so pip never swaps in other CUDA wheels.
+# ---------------------------------------------------------------------------------------
+$(STAMP): pyproject.toml
+	$(PYTHON_BASE) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(VENV)/bin/pip install --quiet --no-build-isolation -e '.[dev]' 'torch==2.14.1' 'torchvision==0.29.1'
+	touch $@
+
+.PHONY: venv
+venv: $(STAMP) ## create .venv and install the project (done automatically by the other verbs)
+
+# ---------------------------------------------------------------------------------------
+# Verbs
+# ---------------------------------------------------------------------------------------
+.PHONY: help
+help: ## list the verbs
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort \
+	  | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
+
+.PHONY: test
+test: $(STAMP) ## run the default test suite (not slow, not gpu); the README's test command
+	$(PY) -m pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)
+
+.PHONY: test-all
+test-all: $(STAMP) ## run every test, slow ones included (gpu tests skip without a GPU)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+.PHONY: demo
+demo: $(DEMO_DATA).valid $(DEMO_BASE)/eval_xview_val/metrics.json $(DEMO_MCLR)/eval_xview_val/metrics.json ## the whole chain on the embedded mocap15 dataset, offline, CPU
+	@echo "demo outputs:"
+	@echo "  dataset      $(DEMO_DATA)  ($$(cat $(DEMO_DATA).valid))"
+	@echo "  baseline     $(DEMO_BASE)/  -> eval_xview_val/metrics.json"
+	@echo "  maskclr      $(DEMO_MCLR)/  -> eval_xview_val/metrics.json"
+
+.PHONY: dataset
+dataset: $(STAMP) ## build a dataset index (DATASET=mocap15 now; NTU/Kinetics with stage 1)
+	@if [ "$(DATASET)" = mocap15 ]; then $(MAKE) --no-print-directory $(DEMO_DATA).valid; \
+	else echo "make dataset DATASET=$(DATASET): not implemented yet (needs stage 1 pose records; only DATASET=mocap15 exists)" >&2; exit 2; fi
+
+.PHONY: train
+train: $(STAMP) $(INDEX) ## train MODEL (motionbert|maskclr) on DATASET, SPLIT (xview|xsub); RUN=output dir
+	@test -f "$(CONFIG)" || { echo "make train: no config $(CONFIG) (MODEL=$(MODEL) DATASET=$(DATASET)); see configs/recognition/" >&2; exit 2; }
+	$(PY) -m recognition train --config $(CONFIG) --data $(INDEX) --split $(SPLIT) --out $(RUN) --device $(DEVICE) $(if $(SET),$(foreach s,$(SET),--set $(s)),) $(if $(filter maskclr,$(MODEL)),$(if $(wildcard $(ART)/runs/motionbert_$(DATASET)_$(SPLIT)/best.pt),--init $(ART)/runs/motionbert_$(DATASET)_$(SPLIT)/best.pt,),)
+	$(PY) -m recognition evaluate --checkpoint $(RUN)/best.pt --data $(INDEX) --split $(SPLIT)_val --out $(RUN)/eval_$(SPLIT)_val --device $(DEVICE)
+
+.PHONY: poses
+poses: ## extract poses: ESTIMATOR=vitpose|hrnet|openpifpaf|blazepose VIDEOS=dir DATASET=name
+	@echo "make poses: not implemented yet (stage 1, pose extraction, is being built)" >&2; exit 2
+
+.PHONY: report
+report: ## robustness report over runs
+	@echo "make report: not implemented yet (the robustness report is being built)" >&2; exit 2
+
+.PHONY: predict
+predict: ## one video to action labels: VIDEO=clip.mp4 RUN=artifacts/runs/X
+	@echo "make predict: not implemented yet (needs stage 1)" >&2; exit 2
+
+.PHONY: weights
+weights: ## fetch official pose weights into the local cache: ESTIMATOR=...
+	@echo "make weights: not implemented yet (stage 1 estimators are being built)" >&2; exit 2
+
+.PHONY: bench
+bench: $(STAMP) ## training-step benchmark (fused vs explicit attention, MaskCLR vs baseline)
+	$(PY) bench/train_step.py --device $(DEVICE)
+
+.PHONY: clean-artifacts
+clean-artifacts: ## delete artifacts/ (keeps .venv)
+	rm -rf $(ART)
+
+# ---------------------------------------------------------------------------------------
+# Artifacts
+# ---------------------------------------------------------------------------------------
+$(DEMO_DATA): $(STAMP) pipeline/mocap15.py pipeline/schema.py configs/datasets/mocap15.yaml
+	$(PY) -m pipeline build-demo-dataset --config configs/datasets/mocap15.yaml --out $@ --records $(ART)/poses/mocap15/mocap15
+
+$(DEMO_DATA).valid: $(DEMO_DATA)
+	$(PY) -m pipeline validate $< > $@.tmp && mv $@.tmp $@
+
+$(DEMO_BASE)/best.pt: $(DEMO_DATA) configs/recognition/motionbert_mocap15.yaml $(REC_SRC)
+	$(PY) -m recognition train --config configs/recognition/motionbert_mocap15.yaml --data $(DEMO_DATA) --split xview --out $(DEMO_BASE) --device $(DEVICE)
+
+$(DEMO_MCLR)/best.pt: $(DEMO_DATA) $(DEMO_BASE)/best.pt configs/recognition/maskclr_mocap15.yaml $(REC_SRC)
+	$(PY) -m recognition train --config configs/recognition/maskclr_mocap15.yaml --data $(DEMO_DATA) --split xview --out $(DEMO_MCLR) --device $(DEVICE) --init $(DEMO_BASE)/best.pt
+
+$(ART)/runs/%/eval_xview_val/metrics.json: $(ART)/runs/%/best.pt
+	$(PY) -m recognition evaluate --checkpoint $< --data $(DEMO_DATA) --split xview_val --out $(dir $@) --device $(DEVICE)

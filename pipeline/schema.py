@@ -1,0 +1,369 @@
+"""The data contract shared by both stages: pose records and dataset indexes (PYSKL layout).
+
+This docstring is the one place the contract is written down.
+
+Pose record (one per video, a pickled dict; stage 1 writes it, stage 2 reads it):
+
+    frame_dir        str               video id (the file stem), unique within a dataset
+    total_frames     int >= 0          T
+    img_shape        (H, W) ints > 0   frame size in pixels
+    keypoint         float [M, T, 17, 2]   pixel coordinates, COCO-17 joint order
+    keypoint_score   float [M, T, 17]      confidences in [0, 1]
+    --- optional, validated when present (our writers always add them) ---
+    original_shape   (H, W)            size before any resizing
+    label            int >= 0          class index (required in a dataset index)
+    fps              float > 0
+    person_ids       int [M]           track ids, -1 where a slot has no consistent identity
+    box              float [M, T, 4]   person boxes (x1, y1, x2, y2) where a detector ran
+    box_score        float [M, T]
+    estimator        {"name": str, "weights": str, "version": str}
+    schema_version   int               SCHEMA_VERSION when written by this project
+
+A missing person or joint in a frame has coordinates 0 and score 0. Person slots are
+identity-consistent across frames. Our writers store float32, never float16 (float16 rounds
+pixel coordinates to 1-2 px above x = 1024); readers also accept the float16 of published
+PYSKL pickles. Unknown keys (`raw_file`, ...) pass through untouched.
+
+Dataset index (the PYSKL / MMAction2 layout, so their pickles train here and ours there):
+
+    {"split": {name: [frame_dir, ...]}, "annotations": [record + "label", ...], ...extra keys}
+
+Split names follow PYSKL (`xsub_train`, `xsub_val`, `xview_*`, `xset_*`). Every clip a split
+names must exist among the annotations, and frame_dirs are unique.
+
+Pickles are read with a restricted unpickler (`load_pickle`): only numpy's array and dtype
+reconstruction (under both `numpy.core` and `numpy._core`), `_codecs.encode` (protocol-2
+pickles such as PYSKL's) and builtin container and scalar types may be referenced. Any other
+global (`builtins.open`, `eval`, `os.system`, ...) raises `UnsafePickleError` before it is
+called. Every write is atomic (`pipeline.atomic`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import logging
+import math
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from pipeline.atomic import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+NUM_JOINTS = 17
+COCO17_JOINTS = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
+    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow",
+    "left_wrist", "right_wrist", "left_hip", "right_hip",
+    "left_knee", "right_knee", "left_ankle", "right_ankle",
+)  # fmt: skip
+_READ_FLOATS = (np.float16, np.float32, np.float64)
+_PICKLE_PROTOCOL = 4
+
+
+class SchemaError(ValueError):
+    """A record or index breaks the contract; the message names file, key, expected, actual."""
+
+    def __init__(self, source: str, key: str, expected: str, actual: Any):
+        self.source, self.key, self.expected, self.actual = source, key, expected, actual
+        super().__init__(f"{source}: {key}: expected {expected}, got {actual}")
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """The pickle references a global outside the allow-list; nothing was executed."""
+
+
+# ------------------------------------------------------------------------------------------
+# Restricted unpickling
+# ------------------------------------------------------------------------------------------
+
+_BUILTIN_TYPES = frozenset(
+    {"dict", "list", "tuple", "set", "frozenset", "int", "float", "complex", "str", "bytes",
+     "bytearray", "bool", "NoneType"}
+)  # fmt: skip
+_NUMPY_ALLOWED = {
+    "multiarray": frozenset({"_reconstruct", "scalar"}),
+    "numeric": frozenset({"_frombuffer"}),
+}
+_NUMPY_TOP = frozenset({"ndarray", "dtype"})
+
+
+def _numpy_submodule(name: str):
+    """Import numpy.core.X / numpy._core.X under whichever name this numpy provides."""
+    for prefix in ("numpy._core", "numpy.core"):
+        try:
+            return importlib.import_module(f"{prefix}.{name}")
+        except ImportError:
+            continue
+    raise UnsafePickleError(f"numpy submodule {name!r} not found")
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only allow-listed globals (see the module docstring)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "builtins" and name in _BUILTIN_TYPES:
+            return getattr(__import__("builtins"), name)
+        if module == "_codecs" and name == "encode":
+            import _codecs
+
+            return _codecs.encode
+        if module == "numpy" and name in _NUMPY_TOP:
+            return getattr(np, name)
+        if module == "numpy.dtypes" and name.endswith("DType"):
+            return getattr(importlib.import_module("numpy.dtypes"), name)
+        for prefix in ("numpy.core.", "numpy._core."):
+            if module.startswith(prefix):
+                sub = module[len(prefix) :]
+                if name in _NUMPY_ALLOWED.get(sub, ()):
+                    return getattr(_numpy_submodule(sub), name)
+        raise UnsafePickleError(f"refusing to load global {module}.{name}: not on the allow-list")
+
+
+def load_pickle(path: str | os.PathLike) -> Any:
+    """Read a pickle with the restricted unpickler.
+
+    Raises:
+        SchemaError: the path is missing, a directory, unreadable, or not a pickle.
+        UnsafePickleError: the pickle references a forbidden global (nothing executed).
+    """
+    p = Path(path)
+    src = str(p)
+    if not p.exists():
+        raise SchemaError(src, "file", "an existing file", "no such file")
+    if p.is_dir():
+        raise SchemaError(src, "file", "a file", "a directory")
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise SchemaError(src, "file", "a readable file", f"{type(exc).__name__}: {exc}") from exc
+    try:
+        return RestrictedUnpickler(io.BytesIO(data)).load()
+    except UnsafePickleError as exc:
+        raise UnsafePickleError(f"{src}: {exc}") from None
+    except Exception as exc:  # corrupt or truncated file: any unpickling failure
+        raise SchemaError(src, "file", "a pickle", f"{type(exc).__name__}: {exc}") from exc
+
+
+def save_pickle(obj: Any, path: str | os.PathLike) -> None:
+    """Pickle `obj` to `path` atomically."""
+    atomic_write_bytes(path, pickle.dumps(obj, protocol=_PICKLE_PROTOCOL))
+
+
+# ------------------------------------------------------------------------------------------
+# Validation
+# ------------------------------------------------------------------------------------------
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _describe(v: Any) -> str:
+    if isinstance(v, np.ndarray):
+        return f"array {v.dtype} {list(v.shape)}"
+    return f"{type(v).__name__} {v!r}"[:120]
+
+
+def _check_shape2(rec: Mapping, key: str, src: str) -> None:
+    v = rec[key]
+    ok = isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_int(s) and s > 0 for s in v)
+    if not ok:
+        raise SchemaError(src, key, "(H, W) with two positive ints", _describe(v))
+
+
+def _check_array(
+    rec: Mapping, key: str, shape: tuple, src: str, *, write: bool, floating: bool = True
+) -> np.ndarray:
+    """Check dtype, shape (None = any) and finiteness of one array field."""
+    v = rec[key]
+    if not isinstance(v, np.ndarray):
+        raise SchemaError(src, key, "a numpy array", _describe(v))
+    if floating:
+        allowed = (np.float32,) if write else _READ_FLOATS
+        if v.dtype.type not in allowed:
+            names = "/".join(np.dtype(t).name for t in allowed)
+            raise SchemaError(src, f"{key}.dtype", names, v.dtype.name)
+    elif not np.issubdtype(v.dtype, np.integer):
+        raise SchemaError(src, f"{key}.dtype", "an integer dtype", v.dtype.name)
+    if v.ndim != len(shape) or any(e is not None and e != a for e, a in zip(shape, v.shape)):
+        want = "[" + ", ".join("*" if e is None else str(e) for e in shape) + "]"
+        raise SchemaError(src, f"{key}.shape", want, list(v.shape))
+    if floating and v.size and not np.isfinite(v).all():
+        bad = int((~np.isfinite(v)).sum())
+        raise SchemaError(src, key, "finite values", f"{bad} NaN/inf values")
+    return v
+
+
+def validate_record(
+    rec: Any, *, source: str = "<record>", write: bool = False, require_label: bool = False
+) -> None:
+    """Check one pose record against the contract.
+
+    Args:
+        rec: the record.
+        source: file (and clip) named in errors.
+        write: writer's checks: float32 only and scores at most 1. Readers also accept
+            float16/float64 and log scores above 1 (published HRNet heatmap maxima).
+        require_label: the record comes from a dataset index.
+
+    Raises:
+        SchemaError: naming the key, the expected and the actual value.
+    """
+    if not isinstance(rec, Mapping):
+        raise SchemaError(source, "record", "a dict", _describe(rec))
+    required = ["frame_dir", "total_frames", "img_shape", "keypoint", "keypoint_score"]
+    if require_label:
+        required.append("label")
+    for key in required:
+        if key not in rec:
+            raise SchemaError(source, key, "present", "missing")
+    fd = rec["frame_dir"]
+    if not isinstance(fd, str) or not fd:
+        raise SchemaError(source, "frame_dir", "a non-empty str", _describe(fd))
+    src = f"{source} [{fd}]"
+    t = rec["total_frames"]
+    if not _is_int(t) or t < 0:
+        raise SchemaError(src, "total_frames", "an int >= 0", _describe(t))
+    _check_shape2(rec, "img_shape", src)
+    if "original_shape" in rec:
+        _check_shape2(rec, "original_shape", src)
+    kp = _check_array(rec, "keypoint", (None, int(t), NUM_JOINTS, 2), src, write=write)
+    m = kp.shape[0]
+    sc = _check_array(rec, "keypoint_score", (m, int(t), NUM_JOINTS), src, write=write)
+    if sc.size:
+        lo, hi = float(sc.min()), float(sc.max())
+        if lo < 0:
+            raise SchemaError(src, "keypoint_score", "values in [0, 1]", f"min {lo:.4g}")
+        if hi > 1:
+            if write:
+                raise SchemaError(src, "keypoint_score", "values in [0, 1]", f"max {hi:.4g}")
+            log.debug("%s: keypoint_score max %.4g above 1 accepted on read", src, hi)
+    if "label" in rec and (not _is_int(rec["label"]) or rec["label"] < 0):
+        raise SchemaError(src, "label", "an int >= 0", _describe(rec["label"]))
+    _validate_provenance(rec, src, m=m, t=int(t), write=write)
+
+
+def _validate_provenance(rec: Mapping, src: str, *, m: int, t: int, write: bool) -> None:
+    """Check our additions where present."""
+    if "fps" in rec:
+        fps = rec["fps"]
+        if not isinstance(fps, (int, float, np.floating)) or not math.isfinite(fps) or fps <= 0:
+            raise SchemaError(src, "fps", "a finite number > 0", _describe(fps))
+    if "person_ids" in rec:
+        _check_array(rec, "person_ids", (m,), src, write=write, floating=False)
+    if "box" in rec:
+        _check_array(rec, "box", (m, t, 4), src, write=write)
+    if "box_score" in rec:
+        _check_array(rec, "box_score", (m, t), src, write=write)
+    if "estimator" in rec:
+        est = rec["estimator"]
+        keys = ("name", "weights", "version")
+        if not isinstance(est, Mapping) or any(not isinstance(est.get(k), str) for k in keys):
+            raise SchemaError(src, "estimator", "{name, weights, version} as str", _describe(est))
+    if "schema_version" in rec:
+        sv = rec["schema_version"]
+        if not _is_int(sv) or not 1 <= sv <= SCHEMA_VERSION:
+            raise SchemaError(src, "schema_version", f"an int in [1, {SCHEMA_VERSION}]", _describe(sv))
+
+
+def validate_index(index: Any, *, source: str = "<index>", write: bool = False) -> None:
+    """Check a dataset index: `split` + labelled `annotations`, splits naming existing clips."""
+    if not isinstance(index, Mapping):
+        raise SchemaError(source, "index", "a dict with 'split' and 'annotations'", _describe(index))
+    for key in ("split", "annotations"):
+        if key not in index:
+            raise SchemaError(source, key, "present", "missing")
+    split, anns = index["split"], index["annotations"]
+    if not isinstance(anns, list):
+        raise SchemaError(source, "annotations", "a list of records", _describe(anns))
+    if not isinstance(split, Mapping):
+        raise SchemaError(source, "split", "a dict {name: [frame_dir, ...]}", _describe(split))
+    seen: set[str] = set()
+    for i, rec in enumerate(anns):
+        validate_record(rec, source=f"{source} annotations[{i}]", write=write, require_label=True)
+        fd = rec["frame_dir"]
+        if fd in seen:
+            raise SchemaError(source, f"annotations[{i}].frame_dir", "unique frame_dirs", f"duplicate {fd!r}")
+        seen.add(fd)
+    for name, clips in split.items():
+        if not isinstance(name, str) or not isinstance(clips, (list, tuple)):
+            raise SchemaError(source, f"split[{name!r}]", "a list of frame_dir str", _describe(clips))
+        missing = [c for c in clips if c not in seen]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise SchemaError(source, f"split[{name!r}]", "clips present in annotations",
+                              f"unknown clip {missing[0]!r}{more}")  # fmt: skip
+
+
+def is_index(obj: Any) -> bool:
+    """True if `obj` looks like a dataset index rather than a single record."""
+    return isinstance(obj, Mapping) and "annotations" in obj
+
+
+# ------------------------------------------------------------------------------------------
+# Reading and writing
+# ------------------------------------------------------------------------------------------
+
+
+def write_record(rec: Mapping, path: str | os.PathLike) -> None:
+    """Validate (writer's rules) and write one pose record atomically; nothing on error."""
+    validate_record(rec, source=str(path), write=True)
+    save_pickle(dict(rec), path)
+
+
+def read_record(path: str | os.PathLike) -> dict:
+    """Read and validate one pose record."""
+    rec = load_pickle(path)
+    validate_record(rec, source=str(path))
+    return rec
+
+
+def write_index(index: Mapping, path: str | os.PathLike) -> None:
+    """Validate (writer's rules) and write a dataset index atomically; nothing on error."""
+    validate_index(index, source=str(path), write=True)
+    save_pickle(dict(index), path)
+
+
+def read_index(path: str | os.PathLike) -> dict:
+    """Read and validate a dataset index (ours or a published PYSKL pickle)."""
+    index = load_pickle(path)
+    validate_index(index, source=str(path))
+    return index
+
+
+def read_any(path: str | os.PathLike) -> dict:
+    """Read and validate a file that is either a dataset index or one pose record."""
+    obj = load_pickle(path)
+    if is_index(obj):
+        validate_index(obj, source=str(path))
+    else:
+        validate_record(obj, source=str(path))
+    return obj
+
+
+def summarize(obj: Mapping) -> str:
+    """One line: clips, splits, persons and frames of an index or a record."""
+    if is_index(obj):
+        anns = obj["annotations"]
+        splits = ", ".join(f"{k} {len(v)}" for k, v in obj["split"].items()) or "none"
+        labels = {int(a["label"]) for a in anns}
+        persons = [a["keypoint"].shape[0] for a in anns] or [0]
+        frames = [int(a["total_frames"]) for a in anns] or [0]
+        return (
+            f"index: {len(anns)} clips, {len(labels)} classes, splits: {splits}; "
+            f"persons {min(persons)}-{max(persons)}; frames {min(frames)}-{max(frames)} "
+            f"(mean {np.mean(frames):.1f})"
+        )
+    m = obj["keypoint"].shape[0]
+    h, w = obj["img_shape"]
+    return (
+        f"record {obj['frame_dir']}: 1 clip, splits: none; persons {m}; "
+        f"frames {int(obj['total_frames'])}; image {w}x{h}"
+    )

@@ -1,0 +1,1 @@
+"""Stage 2: dataset file → checkpoints, metrics, predictions, report."""

@@ -1,0 +1,91 @@
+"""Stage-2 run configuration: frozen dataclasses whose defaults are MotionBERT's action recipe.
+
+A YAML under `configs/recognition/` lists only what differs; `--set a.b=v` overrides it.
+`faithful: true` switches every item of METHOD.md's faithful table (F1-F8) to the official
+code's behaviour, whatever the individual keys say; `resolve()` applies it, and the resolved
+values are what runs, what is written to `config.yaml` and what checkpoints embed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from recognition.preprocess import PreprocessOptions
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Backbone and head. `preset` picks sizes from the backbone's PRESETS."""
+
+    backbone: str = "dstformer"
+    preset: str = "base"
+    hidden_dim: int = 2048
+    dropout: float = 0.5
+    maxlen: int = 243
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with backbone and head groups, StepLR(x lr_decay) per epoch."""
+
+    epochs: int = 300
+    batch_size: int = 32
+    lr_backbone: float = 1e-4
+    lr_head: float = 1e-3
+    weight_decay: float = 0.01
+    lr_decay: float = 0.99
+    num_workers: int = 0
+    skip_bad: bool = False
+
+
+@dataclass(frozen=True)
+class MaskCLRConfig:
+    """AGPM + MLCL (METHOD.md §5-6). Off unless `enabled`."""
+
+    enabled: bool = False
+    start_epoch: int = 0  # the masked path and contrastive losses run from this epoch on
+    masking: Literal["agpm", "v1"] = "agpm"
+    mask_ratio: float = 0.5
+    mask_tau: float = 0.75
+    mask_axis: Literal["joint", "sample"] = "joint"
+    v1_ratio: float = 0.2
+    v1_tube_len: int = 27
+    lambda_sc: float = 0.5
+    lambda_cc: float = 0.5
+    temperature_sc: float = 0.5
+    cl_type: Literal["tcl", "cl"] = "tcl"
+    embedding: Literal["logits", "hidden"] = "logits"
+    avg_ce: bool = False
+    cc_alpha: float = 0.9
+    sc_p_dim: int = 1  # F2: 0 = softmax over the batch (official), 1 = over classes
+    cc_detach: bool = False  # F1: True = class-level loss from detached logits (no gradient)
+    cc_update_on_val: bool = False  # F7
+    supcon_rowmax: bool = False  # F8
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs besides its paths (which come from the command line)."""
+
+    seed: int = 0
+    faithful: bool = False
+    noise_per_person: bool = True  # F6, for noisy evaluation
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: PreprocessOptions = field(default_factory=PreprocessOptions)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    maskclr: MaskCLRConfig = field(default_factory=MaskCLRConfig)
+
+
+def resolve(cfg: TrainConfig) -> TrainConfig:
+    """Apply `faithful: true` (official behaviour for F1-F8) and check cross-field rules."""
+    if cfg.data.clip_len > cfg.model.maxlen:
+        raise ValueError(f"data.clip_len {cfg.data.clip_len} exceeds model.maxlen {cfg.model.maxlen}")
+    if cfg.maskclr.sc_p_dim not in (0, 1):
+        raise ValueError(f"maskclr.sc_p_dim must be 0 or 1, got {cfg.maskclr.sc_p_dim}")
+    if not cfg.faithful:
+        return cfg
+    data = dataclasses.replace(cfg.data, conf_order="coco", track_swaps_conf=False, resample_per_item=False)
+    mclr = dataclasses.replace(cfg.maskclr, sc_p_dim=0, cc_detach=True, cc_update_on_val=True, supcon_rowmax=True)
+    return dataclasses.replace(cfg, data=data, maskclr=mclr, noise_per_person=False)

@@ -1,0 +1,103 @@
+"""Evaluation: checkpoint + dataset index + split -> `OUT/{metrics.json, confusion.csv, predictions.npz}`.
+
+MotionBERT's test protocol: one deterministic clip per sample (test resampling, crop scale 2),
+no test-time augmentation. Optional Gaussian noise (METHOD.md §8a) with `noise_sigma`.
+`predictions.npz` holds `frame_dir`, `label`, `logits` (float32 [N, C]) and `features`
+([N, hidden], the head's 2048-d hidden h).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pipeline.atomic import atomic_write_bytes, atomic_write_text
+from pipeline.config import from_dict
+from pipeline.schema import read_index
+from recognition.checkpoint import build_model_from_checkpoint
+from recognition.config import TrainConfig, resolve
+from recognition.train import autocast_for, label_names_of, make_dataset, pick_device
+
+log = logging.getLogger(__name__)
+
+
+def eval_config(ck: dict, *, faithful: bool | None) -> TrainConfig:
+    """The run config stored in our checkpoint (or defaults for an official file), resolved."""
+    if ck.get("run_config"):
+        cfg = from_dict(TrainConfig, ck["run_config"])
+    else:
+        maxlen = ck["model_config"]["maxlen"]
+        cfg = TrainConfig(data=dataclasses.replace(TrainConfig().data, clip_len=maxlen))
+    if faithful is not None:
+        cfg = dataclasses.replace(cfg, faithful=faithful)
+    return resolve(cfg)
+
+
+@torch.no_grad()
+def predict_dataset(model, loader, device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits [N, C] float32, features [N, H] float32 and labels [N] over a loader."""
+    logits, feats, labels = [], [], []
+    for x, y in tqdm(loader, desc="evaluate", leave=False, dynamic_ncols=True):
+        with autocast_for(device):
+            out = model(x.to(device))
+        logits.append(out.logits.float().cpu())
+        feats.append(out.features.float().cpu())
+        labels.append(y)
+    return (torch.cat(logits).numpy(), torch.cat(feats).numpy(), torch.cat(labels).numpy())
+
+
+def accuracy_report(logits: np.ndarray, labels: np.ndarray, names: list[str]) -> tuple[dict, np.ndarray]:
+    """Top-1/top-5, per-class accuracy and the confusion matrix [C, C] (rows = true)."""
+    c = logits.shape[1]
+    pred = logits.argmax(1)
+    top5 = np.argsort(-logits, axis=1)[:, : min(5, c)]
+    conf = np.zeros((c, c), dtype=np.int64)
+    np.add.at(conf, (labels, pred), 1)
+    per_class = {names[i]: (float(100.0 * conf[i, i] / conf[i].sum()) if conf[i].sum() else None) for i in range(c)}
+    n = len(labels)
+    metrics = {
+        "top1": float(100.0 * (pred == labels).mean()) if n else 0.0,
+        "top5": float(100.0 * (top5 == labels[:, None]).any(1).mean()) if n else 0.0,
+        "n": int(n), "num_classes": int(c), "per_class_accuracy": per_class,
+    }  # fmt: skip
+    return metrics, conf
+
+
+def run_evaluate(*, checkpoint: str | Path, data: str | Path, split: str, out: str | Path, device: str = "auto",
+                 noise_sigma: float = 0.0, faithful: bool | None = None, batch_size: int = 32,
+                 allow_pickle: bool = False) -> dict:  # fmt: skip
+    """Evaluate and write the files; returns metrics."""
+    dev = pick_device(device)
+    model, ck = build_model_from_checkpoint(checkpoint, allow_pickle=allow_pickle)
+    model.to(dev)
+    cfg = eval_config(ck, faithful=faithful)
+    index = read_index(data)
+    names = ck.get("label_names") or label_names_of(index)
+    num_classes = ck["model_config"]["num_classes"]
+    if len(names) != num_classes:
+        raise ValueError(f"{checkpoint}: model has {num_classes} classes but the labels name {len(names)}")
+    ds = make_dataset(cfg, index, split, train=False, num_classes=num_classes, noise_sigma=noise_sigma)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=cfg.optim.num_workers)
+    logits, feats, labels = predict_dataset(model, loader, dev)
+    metrics, conf = accuracy_report(logits, labels, names)
+    metrics.update(checkpoint=str(checkpoint), data=str(data), split=split, noise_sigma=noise_sigma,
+                   faithful=cfg.faithful, skipped=ds.skipped)  # fmt: skip
+    out = Path(out)
+    buf = io.BytesIO()
+    np.savez(buf, frame_dir=np.array(ds.names), label=labels.astype(np.int64), logits=logits.astype(np.float32),
+             features=feats.astype(np.float32))  # fmt: skip
+    atomic_write_bytes(out / "predictions.npz", buf.getvalue())
+    header = "true\\pred," + ",".join(names)
+    rows = [f"{names[i]}," + ",".join(str(v) for v in conf[i]) for i in range(num_classes)]
+    atomic_write_text(out / "confusion.csv", "\n".join([header, *rows]) + "\n")
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    log.info("%s on %s: top-1 %.2f top-5 %.2f (n=%d)", checkpoint, split, metrics["top1"], metrics["top5"], metrics["n"])
+    return metrics

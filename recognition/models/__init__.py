@@ -1,0 +1,40 @@
+"""Backbone registry: short name → lazily imported "module:Class" (STYLE.md §5).
+
+A backbone maps poses to per-token representations; the contract is the `Backbone` protocol below,
+and `get_backbone_class` returns the class for a registered name. Import paths live only here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Protocol, runtime_checkable
+
+MODELS: dict[str, str] = {
+    "dstformer": "recognition.models.dstformer:DSTFormer",
+}
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """What the action model needs from a backbone.
+
+    `forward(x, *, token_mask=None, return_attention=False)` takes x [B, T, V, 3] (B = N·M) and an
+    optional bool token_mask [B, T, V], and returns rep [B, T, V, dim_rep], or (rep, attn) with attn
+    [B, T, H, V, V] when return_attention is True. The class has a `PRESETS` dict of size presets
+    (name → constructor kwargs) and a keyword-only constructor accepting those kwargs plus
+    `num_joints`, `maxlen` and `use_mask_token`.
+    """
+
+    dim_rep: int
+    num_joints: int
+    num_heads: int
+
+    def forward(self, x, *, token_mask=None, return_attention=False): ...
+
+
+def get_backbone_class(name: str) -> type:
+    """The backbone class registered as `name`; KeyError listing the valid names if unknown."""
+    if name not in MODELS:
+        raise KeyError(f"unknown backbone {name!r}; valid names: {sorted(MODELS)}")
+    module_name, class_name = MODELS[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)

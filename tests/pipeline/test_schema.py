@@ -1,0 +1,268 @@
+"""The data contract: round trip, every validation error path, PYSKL pickles, unsafe pickles."""
+
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_index, make_record
+from pipeline import schema
+from pipeline.schema import SchemaError, UnsafePickleError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_record_round_trip(tmp_path, record):
+    path = tmp_path / "r.pkl"
+    schema.write_record(record, path)
+    back = schema.read_record(path)
+    assert back.keys() == record.keys()
+    for key in record:
+        if isinstance(record[key], np.ndarray):
+            np.testing.assert_array_equal(back[key], record[key])
+            assert back[key].dtype == record[key].dtype
+        else:
+            assert back[key] == record[key]
+
+
+def test_index_round_trip(tmp_path, index):
+    path = tmp_path / "i.pkl"
+    schema.write_index(index, path)
+    back = schema.read_index(path)
+    assert back["split"] == index["split"]
+    assert [a["frame_dir"] for a in back["annotations"]] == [a["frame_dir"] for a in index["annotations"]]
+    assert "6 clips" in schema.summarize(back)
+
+
+def _mutations():
+    """(name, mutate(rec), expected key fragment) for every record error path."""
+
+    def setk(k, v):
+        def f(r):
+            r[k] = v
+
+        return f
+
+    def delk(k):
+        def f(r):
+            del r[k]
+
+        return f
+
+    return [
+        ("missing frame_dir", delk("frame_dir"), "frame_dir"),
+        ("missing keypoint", delk("keypoint"), "keypoint"),
+        ("missing keypoint_score", delk("keypoint_score"), "keypoint_score"),
+        ("missing total_frames", delk("total_frames"), "total_frames"),
+        ("missing img_shape", delk("img_shape"), "img_shape"),
+        ("empty frame_dir", setk("frame_dir", ""), "frame_dir"),
+        ("negative frames", setk("total_frames", -3), "total_frames"),
+        ("float frames", setk("total_frames", 16.0), "total_frames"),
+        ("bad img_shape", setk("img_shape", (1080,)), "img_shape"),
+        ("zero img_shape", setk("img_shape", (0, 1920)), "img_shape"),
+        ("bad original_shape", setk("original_shape", "1080x1920"), "original_shape"),
+        ("keypoint list", setk("keypoint", [[0.0]]), "keypoint"),
+        ("keypoint int dtype", lambda r: r.update(keypoint=r["keypoint"].astype(np.int32)), "keypoint.dtype"),
+        ("keypoint frames", lambda r: r.update(keypoint=r["keypoint"][:, :5]), "keypoint.shape"),
+        ("keypoint joints", lambda r: r.update(keypoint=r["keypoint"][:, :, :10]), "keypoint.shape"),
+        ("keypoint 3 coords", lambda r: r.update(keypoint=np.zeros((2, 16, 17, 3), np.float32)), "keypoint.shape"),
+        ("nan keypoint", lambda r: r["keypoint"].__setitem__((0, 0, 0, 0), np.nan), "keypoint"),
+        ("inf keypoint", lambda r: r["keypoint"].__setitem__((1, 2, 3, 1), np.inf), "keypoint"),
+        ("score persons", lambda r: r.update(keypoint_score=r["keypoint_score"][:1]), "keypoint_score.shape"),
+        ("negative score", lambda r: r["keypoint_score"].__setitem__((0, 0, 0), -0.5), "keypoint_score"),
+        ("nan score", lambda r: r["keypoint_score"].__setitem__((0, 0, 0), np.nan), "keypoint_score"),
+        ("label negative", setk("label", -1), "label"),
+        ("label str", setk("label", "walk"), "label"),
+        ("fps zero", setk("fps", 0.0), "fps"),
+        ("fps nan", setk("fps", float("nan")), "fps"),
+        ("person_ids float", setk("person_ids", np.zeros(2, np.float32)), "person_ids.dtype"),
+        ("person_ids shape", setk("person_ids", np.zeros(3, np.int64)), "person_ids.shape"),
+        ("box shape", setk("box", np.zeros((2, 16, 5), np.float32)), "box.shape"),
+        ("box_score shape", setk("box_score", np.zeros((2, 15), np.float32)), "box_score.shape"),
+        ("estimator", setk("estimator", {"name": "x"}), "estimator"),
+        ("schema_version", setk("schema_version", 99), "schema_version"),
+        ("not a dict", None, "record"),
+    ]
+
+
+@pytest.mark.parametrize("name,mutate,key", _mutations(), ids=[m[0] for m in _mutations()])
+def test_record_errors(name, mutate, key, record):
+    rec = copy.deepcopy(record)
+    if mutate is None:
+        rec = [rec]
+    else:
+        mutate(rec)
+    with pytest.raises(SchemaError) as err:
+        schema.validate_record(rec, source="f.pkl")
+    assert err.value.key == key
+    msg = str(err.value)
+    assert msg.startswith("f.pkl") and key in msg and "expected" in msg and "got" in msg
+
+
+def test_writer_rules(tmp_path, record):
+    """Writers refuse float16 and scores above 1; nothing is written."""
+    rec16 = dict(record, keypoint=record["keypoint"].astype(np.float16))
+    with pytest.raises(SchemaError, match=r"keypoint\.dtype: expected float32, got float16"):
+        schema.write_record(rec16, tmp_path / "a.pkl")
+    rec_hi = dict(record, keypoint_score=record["keypoint_score"] + 1.0)
+    with pytest.raises(SchemaError, match="keypoint_score"):
+        schema.write_record(rec_hi, tmp_path / "b.pkl")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_index_errors(index):
+    bad = copy.deepcopy(index)
+    bad["split"]["xsub_val"].append("nope")
+    with pytest.raises(SchemaError, match="unknown clip 'nope'"):
+        schema.validate_index(bad, source="i.pkl")
+    bad = copy.deepcopy(index)
+    bad["annotations"][1]["frame_dir"] = bad["annotations"][0]["frame_dir"]
+    with pytest.raises(SchemaError, match="duplicate"):
+        schema.validate_index(bad)
+    bad = copy.deepcopy(index)
+    del bad["annotations"][2]["label"]
+    with pytest.raises(SchemaError, match="label: expected present"):
+        schema.validate_index(bad)
+    for key in ("split", "annotations"):
+        bad = copy.deepcopy(index)
+        del bad[key]
+        with pytest.raises(SchemaError, match=key):
+            schema.validate_index(bad)
+    with pytest.raises(SchemaError, match="annotations"):
+        schema.validate_index({"split": {}, "annotations": {}})
+    with pytest.raises(SchemaError, match="split"):
+        schema.validate_index({"split": {"a": "c000"}, "annotations": []})
+
+
+def _pyskl_protocol2_bytes(index: dict) -> bytes:
+    """Pickle `index` as PYSKL's files are: protocol 2, numpy 1 names, _codecs.encode."""
+    data = pickle.dumps(index, protocol=2)
+    # numpy 2 writes numpy._core.*; published files (numpy 1) say numpy.core.*
+    return data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+
+
+def test_pyskl_float16_pickle_validates(tmp_path):
+    index = make_index(4)
+    for ann in index["annotations"]:
+        ann["keypoint"] = ann["keypoint"].astype(np.float16)
+        ann["keypoint_score"] = ann["keypoint_score"].astype(np.float16)
+        ann["raw_file"] = f"/data/{ann['frame_dir']}.avi"
+        for k in ("fps", "person_ids", "estimator", "schema_version"):
+            del ann[k]
+    data = _pyskl_protocol2_bytes(index)
+    assert b"_codecs\nencode" in data or b"_codecs" in data
+    assert b"numpy.core.multiarray" in data
+    path = tmp_path / "ntu60_hrnet.pkl"
+    path.write_bytes(data)
+    back = schema.read_index(path)
+    assert back["annotations"][0]["keypoint"].dtype == np.float16
+    assert back["annotations"][0]["raw_file"].endswith(".avi")
+    res = subprocess.run([sys.executable, "-m", "pipeline", "validate", str(path)],
+                         capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("\n") == 1 and "4 clips" in res.stdout
+
+
+class _Payload:
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def _malicious(kind: str, marker: Path) -> bytes:
+    if kind == "os.system":
+        obj = _Payload(os.system, f"touch {marker}")
+    elif kind == "builtins.open":
+        obj = _Payload(open, str(marker), "w")
+    elif kind == "eval":
+        obj = _Payload(eval, f"open({str(marker)!r}, 'w')")
+    elif kind == "exec":
+        obj = _Payload(exec, f"open({str(marker)!r}, 'w')")
+    else:  # numpy's runstring: exec of a string inside numpy.testing
+        from numpy.testing._private.utils import runstring
+
+        obj = _Payload(runstring, f"open({str(marker)!r}, 'w')", {})
+    return pickle.dumps({"split": {}, "annotations": [obj]}, protocol=2)
+
+
+@pytest.mark.parametrize("kind", ["os.system", "builtins.open", "eval", "exec", "runstring"])
+def test_malicious_pickles_refused(tmp_path, kind):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(_malicious(kind, marker))
+    with pytest.raises(UnsafePickleError, match="refusing"):
+        schema.load_pickle(path)
+    assert not marker.exists()
+    res = subprocess.run([sys.executable, "-m", "pipeline", "validate", str(path)],
+                         capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    assert res.returncode != 0 and "refusing" in res.stderr
+    assert not marker.exists()
+
+
+def test_other_numpy_globals_refused(tmp_path):
+    path = tmp_path / "x.pkl"
+    path.write_bytes(pickle.dumps(_Payload(np.load, "x")))
+    with pytest.raises(UnsafePickleError):
+        schema.load_pickle(path)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(SchemaError, match="no such file"):
+        schema.load_pickle(tmp_path / "missing.pkl")
+    with pytest.raises(SchemaError, match="a directory"):
+        schema.load_pickle(tmp_path)
+    (tmp_path / "junk.pkl").write_bytes(b"not a pickle at all")
+    with pytest.raises(SchemaError, match="expected a pickle"):
+        schema.load_pickle(tmp_path / "junk.pkl")
+    trunc = pickle.dumps(make_record())[:100]
+    (tmp_path / "trunc.pkl").write_bytes(trunc)
+    with pytest.raises(SchemaError, match="expected a pickle"):
+        schema.load_pickle(tmp_path / "trunc.pkl")
+
+
+def test_atomic_write_survives_kill(tmp_path):
+    """A writer killed mid-write leaves no partial file under the real name."""
+    dest = tmp_path / "big.pkl"
+    script = textwrap.dedent(f"""
+        import sys, time
+        from pipeline.atomic import atomic_open
+        with atomic_open({str(dest)!r}) as fh:
+            fh.write(b"x" * 1000)
+            fh.flush()
+            print("writing", flush=True)
+            time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"writing"
+    assert any(p.name.startswith(".big.pkl.tmp-") for p in tmp_path.iterdir())
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not dest.exists()
+    # an existing artifact is never replaced by a partial one
+    dest.write_bytes(b"old")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.kill()
+    proc.wait()
+    assert dest.read_bytes() == b"old"
+
+
+def test_atomic_write_error_leaves_nothing(tmp_path):
+    from pipeline.atomic import atomic_open
+
+    with pytest.raises(RuntimeError):
+        with atomic_open(tmp_path / "a.bin") as fh:
+            fh.write(b"partial")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
