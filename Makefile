@@ -18,7 +18,6 @@ MODEL     ?= motionbert
 BACKBONE  ?= dstformer
 SPLIT     ?= xview
 DEVICE    ?= auto
-CONFIG    ?= configs/recognition/$(MODEL)_$(DATASET).yaml
 RUN       ?= $(ART)/runs/$(MODEL)_$(DATASET)_$(SPLIT)
 INDEX     ?= $(ART)/datasets/$(DATASET).pkl
 SET       ?=
@@ -26,8 +25,6 @@ PYTEST_ARGS ?=
 
 REC_SRC := $(shell find recognition pipeline -name '*.py' 2>/dev/null)
 DEMO_DATA := $(ART)/datasets/mocap15.pkl
-DEMO_BASE := $(ART)/runs/motionbert_mocap15_xview
-DEMO_MCLR := $(ART)/runs/maskclr_mocap15_xview
 
 # ---------------------------------------------------------------------------------------
 # Environment: .venv is made on first use. The torch + torchvision pair is installed first
@@ -35,8 +32,7 @@ DEMO_MCLR := $(ART)/runs/maskclr_mocap15_xview
 # ---------------------------------------------------------------------------------------
 $(STAMP): pyproject.toml
 	$(PYTHON_BASE) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(VENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1 'setuptools>=64' wheel
 	$(VENV)/bin/pip install --quiet --no-build-isolation -e '.[dev]' 'torch==2.14.1' 'torchvision==0.29.1'
 	touch $@
 
@@ -60,11 +56,14 @@ test-all: $(STAMP) ## run every test, slow ones included (gpu tests skip without
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 .PHONY: demo
-demo: $(DEMO_DATA).valid $(DEMO_BASE)/eval_xview_val/metrics.json $(DEMO_MCLR)/eval_xview_val/metrics.json ## the whole chain on the embedded mocap15 dataset, offline, CPU
+demo: ## the whole chain on the embedded mocap15 dataset, offline, CPU
+	@$(MAKE) --no-print-directory DATASET=mocap15 SPLIT=xview $(DEMO_DATA).valid \
+	  $(ART)/runs/motionbert_mocap15_xview/eval_xview_val/metrics.json \
+	  $(ART)/runs/maskclr_mocap15_xview/eval_xview_val/metrics.json
 	@echo "demo outputs:"
-	@echo "  dataset      $(DEMO_DATA)  ($$(cat $(DEMO_DATA).valid))"
-	@echo "  baseline     $(DEMO_BASE)/  -> eval_xview_val/metrics.json"
-	@echo "  maskclr      $(DEMO_MCLR)/  -> eval_xview_val/metrics.json"
+	@echo "  dataset   $(DEMO_DATA)  ($$(cat $(DEMO_DATA).valid))"
+	@for m in motionbert maskclr; do r=$(ART)/runs/$${m}_mocap15_xview; \
+	  echo "  $$m  $$r/  (val top-1 $$($(PY) -c "import json,sys; print(json.load(open(sys.argv[1]))['top1'])" $$r/eval_xview_val/metrics.json) %)"; done
 
 .PHONY: dataset
 dataset: $(STAMP) ## build a dataset index (DATASET=mocap15 now; NTU/Kinetics with stage 1)
@@ -72,10 +71,11 @@ dataset: $(STAMP) ## build a dataset index (DATASET=mocap15 now; NTU/Kinetics wi
 	else echo "make dataset DATASET=$(DATASET): not implemented yet (needs stage 1 pose records; only DATASET=mocap15 exists)" >&2; exit 2; fi
 
 .PHONY: train
-train: $(STAMP) $(INDEX) ## train MODEL (motionbert|maskclr) on DATASET, SPLIT (xview|xsub); RUN=output dir
-	@test -f "$(CONFIG)" || { echo "make train: no config $(CONFIG) (MODEL=$(MODEL) DATASET=$(DATASET)); see configs/recognition/" >&2; exit 2; }
-	$(PY) -m recognition train --config $(CONFIG) --data $(INDEX) --split $(SPLIT) --out $(RUN) --device $(DEVICE) $(if $(SET),$(foreach s,$(SET),--set $(s)),) $(if $(filter maskclr,$(MODEL)),$(if $(wildcard $(ART)/runs/motionbert_$(DATASET)_$(SPLIT)/best.pt),--init $(ART)/runs/motionbert_$(DATASET)_$(SPLIT)/best.pt,),)
-	$(PY) -m recognition evaluate --checkpoint $(RUN)/best.pt --data $(INDEX) --split $(SPLIT)_val --out $(RUN)/eval_$(SPLIT)_val --device $(DEVICE)
+train: ## train MODEL (motionbert|maskclr) on DATASET, SPLIT (xview|xsub) and evaluate; SET="k=v ..." overrides
+	@case "$(MODEL)" in motionbert|maskclr) ;; *) echo "make train: unknown MODEL=$(MODEL); valid: motionbert, maskclr" >&2; exit 2;; esac
+	@test -f configs/recognition/$(MODEL)_$(DATASET).yaml || { echo "make train: no config configs/recognition/$(MODEL)_$(DATASET).yaml; available: $$(ls configs/recognition)" >&2; exit 2; }
+	@$(MAKE) --no-print-directory $(RUN)/eval_$(SPLIT)_val/metrics.json
+	@echo "run: $(RUN)/  (metrics: $(RUN)/eval_$(SPLIT)_val/metrics.json)"
 
 .PHONY: poses
 poses: ## extract poses: ESTIMATOR=vitpose|hrnet|openpifpaf|blazepose VIDEOS=dir DATASET=name
@@ -110,11 +110,25 @@ $(DEMO_DATA): $(STAMP) pipeline/mocap15.py pipeline/schema.py configs/datasets/m
 $(DEMO_DATA).valid: $(DEMO_DATA)
 	$(PY) -m pipeline validate $< > $@.tmp && mv $@.tmp $@
 
-$(DEMO_BASE)/best.pt: $(DEMO_DATA) configs/recognition/motionbert_mocap15.yaml $(REC_SRC)
-	$(PY) -m recognition train --config configs/recognition/motionbert_mocap15.yaml --data $(DEMO_DATA) --split xview --out $(DEMO_BASE) --device $(DEVICE)
+# Runs. The frozen config is rewritten only when its resolved content changes (FORCE), so a
+# second `make` retrains nothing; MaskCLR starts from the baseline run of the same data/split.
+BASE_RUN := $(ART)/runs/motionbert_$(DATASET)_$(SPLIT)
+MCLR_RUN := $(ART)/runs/maskclr_$(DATASET)_$(SPLIT)
+SET_ARGS := $(foreach s,$(SET),--set $(s))
 
-$(DEMO_MCLR)/best.pt: $(DEMO_DATA) $(DEMO_BASE)/best.pt configs/recognition/maskclr_mocap15.yaml $(REC_SRC)
-	$(PY) -m recognition train --config configs/recognition/maskclr_mocap15.yaml --data $(DEMO_DATA) --split xview --out $(DEMO_MCLR) --device $(DEVICE) --init $(DEMO_BASE)/best.pt
+.PHONY: FORCE
+FORCE:
 
-$(ART)/runs/%/eval_xview_val/metrics.json: $(ART)/runs/%/best.pt
-	$(PY) -m recognition evaluate --checkpoint $< --data $(DEMO_DATA) --split xview_val --out $(dir $@) --device $(DEVICE)
+$(ART)/runs/%/frozen.yaml: FORCE | $(STAMP)
+	@$(PY) -m pipeline freeze-config configs/recognition/$(firstword $(subst _, ,$*))_$(DATASET).yaml \
+	  $(if $(filter $(MODEL)_%,$*),$(SET_ARGS)) --out $@
+
+$(BASE_RUN)/best.pt: $(BASE_RUN)/frozen.yaml $(INDEX) $(REC_SRC)
+	$(PY) -m recognition train --config $< --data $(INDEX) --split $(SPLIT) --out $(@D) --device $(DEVICE)
+
+$(MCLR_RUN)/best.pt: $(MCLR_RUN)/frozen.yaml $(BASE_RUN)/best.pt $(INDEX) $(REC_SRC)
+	$(PY) -m recognition train --config $< --data $(INDEX) --split $(SPLIT) --out $(@D) --device $(DEVICE) \
+	  --init $(BASE_RUN)/best.pt
+
+$(ART)/runs/%/eval_$(SPLIT)_val/metrics.json: $(ART)/runs/%/best.pt $(INDEX)
+	$(PY) -m recognition evaluate --checkpoint $< --data $(INDEX) --split $(SPLIT)_val --out $(@D) --device $(DEVICE)

@@ -266,3 +266,39 @@ def test_atomic_write_error_leaves_nothing(tmp_path):
             fh.write(b"partial")
             raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+def _bad_files(tmp_path: Path) -> dict[str, Path]:
+    """One file (or path) per kind of bad input."""
+    out = {"missing": tmp_path / "missing.pkl", "directory": tmp_path}
+    index = make_index(4)
+    index["split"]["xsub_val"].append("ghost")
+    cases = {
+        "unknown clip": index,
+        "nan": dict(make_record(), keypoint=np.full((2, 16, 17, 2), np.nan, np.float32)),
+        "negative frames": dict(make_record(), total_frames=-1),
+        "wrong dtype": dict(make_record(), keypoint_score=np.zeros((2, 16, 17), np.int64)),
+    }
+    for name, obj in cases.items():
+        path = tmp_path / f"{name.replace(' ', '_')}.pkl"
+        path.write_bytes(pickle.dumps(obj))
+        out[name] = path
+    (tmp_path / "unreadable.pkl").write_bytes(b"\x00garbage")
+    out["unreadable"] = tmp_path / "unreadable.pkl"
+    return out
+
+
+@pytest.mark.parametrize("case,fragment", [
+    ("missing", "no such file"), ("directory", "a directory"), ("unknown clip", "unknown clip 'ghost'"),
+    ("nan", "NaN/inf"), ("negative frames", "total_frames"), ("wrong dtype", "keypoint_score.dtype"),
+    ("unreadable", "expected a pickle"),
+])  # fmt: skip
+def test_validate_cli_errors_one_line(tmp_path, case, fragment):
+    path = _bad_files(tmp_path)[case]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    res = subprocess.run([sys.executable, "-m", "pipeline", "validate", str(path)],
+                         capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    assert res.returncode == 1 and res.stdout == ""
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and fragment in lines[0], res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
