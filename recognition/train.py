@@ -35,7 +35,7 @@ from pipeline.schema import read_index
 from recognition.checkpoint import init_from, read_checkpoint, save_checkpoint
 from recognition.config import TrainConfig
 from recognition.data import SkeletonDataset, split_frame_dirs
-from recognition.maskclr.agpm import agpm_mask, apply_input_zero_mask, joint_activation, v1_input_mask
+from recognition.maskclr.agpm import agpm_mask, apply_input_zero_mask, v1_input_mask
 from recognition.maskclr.losses import MLCLLoss
 from recognition.models.action import ActionModel, build_action_model
 
@@ -149,7 +149,7 @@ def maskclr_step(cfg: TrainConfig, model, core: ActionModel, loss_fn: MLCLLoss, 
     """
     mc = cfg.maskclr
     out = core(x, return_attention=True)
-    scores = joint_activation(out.attention)  # [N, M, T, V], no gradient
+    scores = out.activation  # [N, M, T, V], attention received per token, no gradient
     if mc.masking == "agpm":
         mask = agpm_mask(scores, ratio=mc.mask_ratio, tau=mc.mask_tau, axis=mc.mask_axis)
         out_m = model(x, token_mask=mask)

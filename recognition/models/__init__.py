@@ -20,7 +20,10 @@ class Backbone(Protocol):
 
     `forward(x, *, token_mask=None, return_attention=False)` takes x [B, T, V, 3] (B = N·M) and an
     optional bool token_mask [B, T, V], and returns rep [B, T, V, dim_rep], or (rep, attn) with attn
-    [B, T, H, V, V] when return_attention is True. The class has a `PRESETS` dict of size presets
+    [B, T, H, V, V] when return_attention is True (its own layout for other backbones).
+    `token_activation(attn)` turns that attention into the attention each (frame, joint) token
+    receives, [B, T, V], detached (METHOD.md §5.1: heads averaged, summed over queries).
+    A backbone without a mask token implements token_mask by zeroing the masked input joints. The class has a `PRESETS` dict of size presets
     (name → constructor kwargs) and a keyword-only constructor accepting those kwargs plus
     `num_joints`, `maxlen` and `use_mask_token`.
     """
@@ -30,6 +33,8 @@ class Backbone(Protocol):
     num_heads: int
 
     def forward(self, x, *, token_mask=None, return_attention=False): ...
+
+    def token_activation(self, attn): ...
 
 
 def get_backbone_class(name: str) -> type:

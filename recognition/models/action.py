@@ -1,8 +1,9 @@
 """Action model: a backbone (DSTFormer) plus MotionBERT's classification head (METHOD.md §4).
 
 Input  x:      [N, M, T, V, 3] poses (M persons, the padded one all zeros).
-Output logits: [N, num_classes]; features: the 2048-d hidden h [N, hidden_dim]; attention (on request):
-the last layer's ST spatial attention [N, M, T, H, V, V].
+Output logits: [N, num_classes]; features: the 2048-d hidden h [N, hidden_dim]; on request the backbone's
+last-layer attention (DSTFormer: ST spatial attention [N, M, T, H, V, V]) and the attention each token
+receives, `activation` [N, M, T, V] (what AGPM and the reports use, whatever the backbone).
 
 State-dict keys are `backbone.*` and `head.*`, as in MotionBERT's finetuned `model` checkpoints.
 """
@@ -21,7 +22,8 @@ class ActionOutput(NamedTuple):
 
     logits: Tensor  # [N, num_classes]
     features: Tensor  # [N, hidden_dim], the hidden h after fc1 → bn → relu
-    attention: Tensor | None  # [N, M, T, H, V, V] when asked for, else None
+    attention: Tensor | None  # the backbone's raw last-layer attention when asked for (DSTFormer: [N, M, T, H, V, V])
+    activation: Tensor | None = None  # attention received per token [N, M, T, V], detached, when asked for
 
 
 class ActionHead(nn.Module):
@@ -82,9 +84,11 @@ class ActionModel(nn.Module):
         out = self.backbone(x.reshape(N * M, T, V, C), token_mask=token_mask, return_attention=return_attention)
         rep, attn = out if return_attention else (out, None)  # rep [B, T, V, dim_rep]
         logits, hidden = self.head(rep.reshape(N, M, T, V, -1))  # [B, T, V, dim_rep] -> [N, M, T, V, dim_rep]
+        activation = None
         if attn is not None:
-            attn = attn.reshape(N, M, *attn.shape[1:])  # [B, T, H, V, V] -> [N, M, T, H, V, V]
-        return ActionOutput(logits=logits, features=hidden, attention=attn)
+            activation = self.backbone.token_activation(attn).reshape(N, M, T, V)  # [B, T, V] -> [N, M, T, V]
+            attn = attn.reshape(N, M, *attn.shape[1:])  # [B, ...] -> [N, M, ...]
+        return ActionOutput(logits=logits, features=hidden, attention=attn, activation=activation)
 
 
 def build_action_model(

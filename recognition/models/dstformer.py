@@ -194,6 +194,15 @@ class DSTFormer(nn.Module):
             self.ts_attn = nn.ModuleList([nn.Linear(dim_feat * 2, 2) for _ in range(depth)])
         self.reset_parameters()
 
+    @staticmethod
+    def token_activation(attn: Tensor) -> Tensor:
+        """Joint activation (METHOD.md §5.1): attn [B, T, H, V, V] -> [B, T, V], detached.
+
+        Heads averaged, then summed over queries: the attention each joint receives in its frame.
+        """
+        with torch.no_grad():
+            return attn.detach().float().mean(dim=2).sum(dim=-2)  # [B, T, V, V] -> [B, T, V]
+
     def reset_parameters(self) -> None:
         """METHOD.md §3 init: trunc-normal(0.02) Linear weights and embeddings, zero biases, LayerNorm 1/0,
         then the fusion linears weight 0 / bias 0.5 so each stream starts at weight ½."""

@@ -248,3 +248,16 @@ def test_base_forward_backward_full_length() -> None:
     out.logits.sum().backward()
     unused = {"backbone.head.weight", "backbone.head.bias"}
     assert all((p.grad is None) == (n in unused) for n, p in model.named_parameters())
+
+
+def test_activation_matches_joint_activation() -> None:
+    """ActionOutput.activation equals AGPM's joint_activation of the returned attention."""
+    from recognition.maskclr.agpm import joint_activation
+
+    torch.manual_seed(0)
+    model = build_action_model(num_classes=4, preset="tiny", maxlen=8).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 2, 8, 17, 3), return_attention=True)
+    torch.testing.assert_close(out.activation, joint_activation(out.attention))
+    torch.testing.assert_close(out.activation.sum(-1), torch.full((2, 2, 8), 17.0))
+    assert not out.activation.requires_grad
