@@ -1,8 +1,11 @@
-"""`python -m pipeline <verb>`: validate, build-demo-dataset, freeze-config.
+"""`python -m pipeline <verb>`: validate, build-demo-dataset, freeze-config, index.
 
     validate FILE.pkl             check a pose record or dataset index; print a one-line summary
     build-demo-dataset            build the embedded mocap15 dataset (records + PYSKL index)
     freeze-config CONFIG          resolve YAML + --set into a frozen YAML, rewritten only if changed
+    index --poses DIR --dataset NAME --out FILE
+                                  label pose records, group them into the official splits and
+                                  write a PYSKL index; report missing/failed/unlabelled videos
 
 Exit status 0 on success, 1 on any failure (one error line on stderr).
 """
@@ -10,14 +13,16 @@ Exit status 0 on success, 1 on any failure (one error line on stderr).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from pipeline import schema
-from pipeline.atomic import write_text_if_changed
+from pipeline.atomic import atomic_write_text, write_text_if_changed
 from pipeline.config import ConfigError, dump_yaml, load_config, resolve_raw
+from pipeline.datasets import DATASETS, DatasetError, get_dataset
 
 log = logging.getLogger("pipeline")
 
@@ -51,6 +56,48 @@ def _cmd_freeze_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dataset_kwargs(args: argparse.Namespace) -> dict:
+    """The adapter's keyword arguments from the dataset-specific options (checked)."""
+    given = {"--kinetics-csv": bool(args.kinetics_csv), "--labels": bool(args.labels),
+             "--classes": bool(args.classes)}  # fmt: skip
+    allowed = {"kinetics400": {"--kinetics-csv"}, "folder": {"--labels", "--classes"}}
+    wrong = sorted(k for k, v in given.items() if v and k not in allowed.get(args.dataset, set()))
+    if wrong:
+        raise DatasetError(f"--dataset {args.dataset} takes no {' / '.join(wrong)}")
+    if args.dataset == "kinetics400":
+        if not args.kinetics_csv:
+            raise DatasetError("--dataset kinetics400 needs --kinetics-csv (e.g. train.csv, "
+                               "validate.csv)")
+        return {"csv_paths": args.kinetics_csv}
+    if args.dataset == "folder":
+        if not args.labels:
+            raise DatasetError("--dataset folder needs --labels labels.csv")
+        return {"labels_csv": args.labels, "classes_txt": args.classes}
+    return {}
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from pipeline.index import build_index, format_report, read_video_list
+
+    try:
+        dataset = get_dataset(args.dataset, **_dataset_kwargs(args))
+        videos = read_video_list(args.videos) if args.videos else None
+        index, report = build_index(poses_dir=args.poses, dataset=dataset, video_ids=videos)
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(format_report(report), file=sys.stderr)
+    if args.report:
+        atomic_write_text(args.report, json.dumps(report, indent=1) + "\n")
+    if not index["annotations"]:
+        print(f"error: nothing to index in {args.poses}; {args.out} not written", file=sys.stderr)
+        return 1
+    schema.write_index(index, args.out)
+    log.info("wrote %s", args.out)
+    print(schema.summarize(index))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -73,6 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_freeze_config)
+
+    p = sub.add_parser("index", help="build a PYSKL dataset index from pose records")
+    p.add_argument("--poses", required=True, help="folder of <video_id>.pkl pose records")
+    p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
+    p.add_argument("--kinetics-csv", action="append", default=[], metavar="CSV",
+                   help="kinetics400: official annotation CSV (repeat for train and val)")
+    p.add_argument("--labels", default=None, help="folder: labels.csv (video,label[,split])")
+    p.add_argument("--classes", default=None,
+                   help="folder: classes.txt giving the label order (default: sorted names)")
+    p.add_argument("--videos", default=None, metavar="LIST_OR_DIR",
+                   help="index only these videos (a folder of videos or a file of names)")
+    p.add_argument("--out", required=True, help="dataset index to write (.pkl)")
+    p.add_argument("--report", default=None, help="also write the full report as JSON")
+    p.set_defaults(func=_cmd_index)
     return parser
 
 
