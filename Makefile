@@ -21,10 +21,20 @@ DEVICE    ?= auto
 RUN       ?= $(ART)/runs/$(MODEL)_$(DATASET)_$(SPLIT)
 INDEX     ?= $(ART)/datasets/$(DATASET).pkl
 SET       ?=
+VIDEOS    ?=
+FROM      ?=
+INDEX_ARGS ?=
+POSES_DIR ?= $(ART)/poses/$(DATASET)/$(ESTIMATOR)
 PYTEST_ARGS ?=
 
 REC_SRC := $(shell find recognition pipeline -name '*.py' 2>/dev/null)
 DEMO_DATA := $(ART)/datasets/mocap15.pkl
+DEMO_REPORT := $(ART)/reports/demo
+# `make report`: run directories (each with best.pt), pose indexes (the first is swept), config, output folder.
+RUNS          ?= $(ART)/runs/motionbert_mocap15_xview $(ART)/runs/maskclr_mocap15_xview
+DATA          ?= $(DEMO_DATA)
+REPORT_CONFIG ?= configs/report/default.yaml
+REPORT_DIR    ?= $(DEMO_REPORT)
 
 # ---------------------------------------------------------------------------------------
 # Environment: .venv is made on first use. The torch + torchvision pair is installed first
@@ -56,19 +66,24 @@ test-all: $(STAMP) ## run every test, slow ones included (gpu tests skip without
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 .PHONY: demo
-demo: ## the whole chain on the embedded mocap15 dataset, offline, CPU
+demo: ## the whole chain on the embedded mocap15 dataset, offline, CPU, ending with the robustness report
 	@$(MAKE) --no-print-directory DATASET=mocap15 SPLIT=xview $(DEMO_DATA).valid \
 	  $(ART)/runs/motionbert_mocap15_xview/eval_xview_val/metrics.json \
 	  $(ART)/runs/maskclr_mocap15_xview/eval_xview_val/metrics.json
+	@$(MAKE) --no-print-directory DATASET=mocap15 SPLIT=xview REPORT_DIR=$(DEMO_REPORT) DATA=$(DEMO_DATA) \
+	  RUNS="$(ART)/runs/motionbert_mocap15_xview $(ART)/runs/maskclr_mocap15_xview" \
+	  REPORT_CONFIG=configs/report/default.yaml $(DEMO_REPORT)/report.html
 	@echo "demo outputs:"
 	@echo "  dataset   $(DEMO_DATA)  ($$(cat $(DEMO_DATA).valid))"
 	@for m in motionbert maskclr; do r=$(ART)/runs/$${m}_mocap15_xview; \
 	  echo "  $$m  $$r/  (val top-1 $$($(PY) -c "import json,sys; print(json.load(open(sys.argv[1]))['top1'])" $$r/eval_xview_val/metrics.json) %)"; done
+	@echo "  report    $(DEMO_REPORT)/report.html"
 
 .PHONY: dataset
-dataset: $(STAMP) ## build a dataset index (DATASET=mocap15 now; NTU/Kinetics with stage 1)
-	@if [ "$(DATASET)" = mocap15 ]; then $(MAKE) --no-print-directory $(DEMO_DATA).valid; \
-	else echo "make dataset DATASET=$(DATASET): not implemented yet (needs stage 1 pose records; only DATASET=mocap15 exists)" >&2; exit 2; fi
+dataset: $(STAMP) ## build the PYSKL index: DATASET=mocap15, or ntu60|ntu120|kinetics400|folder from `make poses` records
+	@if [ "$(DATASET)" = mocap15 ]; then $(MAKE) --no-print-directory $(DEMO_DATA).valid; else \
+	  $(PY) -m pipeline index --poses $(POSES_DIR) --dataset $(DATASET) $(INDEX_ARGS) \
+	    --out $(ART)/datasets/$(DATASET)_$(ESTIMATOR).pkl; fi
 
 .PHONY: train
 train: ## train MODEL (motionbert|maskclr) on DATASET, SPLIT (xview|xsub) and evaluate; SET="k=v ..." overrides
@@ -78,20 +93,23 @@ train: ## train MODEL (motionbert|maskclr) on DATASET, SPLIT (xview|xsub) and ev
 	@echo "run: $(RUN)/  (metrics: $(RUN)/eval_$(SPLIT)_val/metrics.json)"
 
 .PHONY: poses
-poses: ## extract poses: ESTIMATOR=vitpose|hrnet|openpifpaf|blazepose VIDEOS=dir DATASET=name
-	@echo "make poses: not implemented yet (stage 1, pose extraction, is being built)" >&2; exit 2
+poses: $(STAMP) ## extract poses: ESTIMATOR=vitpose|hrnet VIDEOS=dir-or-list DATASET=name (incremental, resumable)
+	@test -n "$(VIDEOS)" || { echo "make poses: set VIDEOS=/path/to/videos (a folder or a text file listing them)" >&2; exit 2; }
+	$(PY) -m pose_extraction extract --estimator $(ESTIMATOR) --videos $(VIDEOS) --out $(POSES_DIR) \
+	  $(if $(filter-out auto,$(DEVICE)),--device $(DEVICE)) $(SET_ARGS)
 
 .PHONY: report
-report: ## robustness report over runs
-	@echo "make report: not implemented yet (the robustness report is being built)" >&2; exit 2
+report: ## robustness report: RUNS="run dirs" DATA="indexes" REPORT_DIR=out (default: the demo's runs)
+	@$(MAKE) --no-print-directory $(REPORT_DIR)/report.html
+	@echo "report: $(REPORT_DIR)/report.html"
 
 .PHONY: predict
 predict: ## one video to action labels: VIDEO=clip.mp4 RUN=artifacts/runs/X
 	@echo "make predict: not implemented yet (needs stage 1)" >&2; exit 2
 
 .PHONY: weights
-weights: ## fetch official pose weights into the local cache: ESTIMATOR=...
-	@echo "make weights: not implemented yet (stage 1 estimators are being built)" >&2; exit 2
+weights: $(STAMP) ## fetch official weights into the local cache: ESTIMATOR=vitpose|hrnet [FROM=local file]
+	$(PY) -m pose_extraction weights $(ESTIMATOR) $(if $(FROM),--from $(FROM))
 
 .PHONY: bench
 bench: $(STAMP) ## training-step benchmark (fused vs explicit attention, MaskCLR vs baseline)
@@ -132,3 +150,8 @@ $(MCLR_RUN)/best.pt: $(MCLR_RUN)/frozen.yaml $(BASE_RUN)/best.pt $(INDEX) $(REC_
 
 $(ART)/runs/%/eval_$(SPLIT)_val/metrics.json: $(ART)/runs/%/best.pt $(INDEX)
 	$(PY) -m recognition evaluate --checkpoint $< --data $(INDEX) --split $(SPLIT)_val --out $(@D) --device $(DEVICE)
+
+# The report rewrites only files whose bytes change and caches every evaluation in $(@D)/cache/, so a re-run after
+# an unrelated source change is quick; the touch marks report.html as up to date for Make.
+$(REPORT_DIR)/report.html: $(addsuffix /best.pt,$(RUNS)) $(DATA) $(REPORT_CONFIG) $(REC_SRC) | $(STAMP)
+	$(PY) -m recognition report --runs $(RUNS) --data $(DATA) --config $(REPORT_CONFIG) --out $(@D) --device $(DEVICE) && touch $@
