@@ -1,14 +1,211 @@
-"""`python -m pose_extraction <verb>`: stage 1 (pose extraction) is not built yet."""
+"""`python -m pose_extraction <verb>`: stage 1, videos -> pose records.
+
+    extract --estimator E --videos DIR_OR_LIST --out DIR [--shard i/n] [--device D] [--config YAML] [--set k=v]
+    image IMAGE --estimator E [--boxes x1,y1,x2,y2;...] --out OUT.json
+    weights E [--from FILE] [--role estimator|detector]
+    render RECORD VIDEO OUT.mp4
+
+Exit status 0 on success, 1 on a failure (one error line on stderr).
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 import sys
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from pipeline.atomic import write_text_if_changed
+from pipeline.config import ConfigError, dump_yaml, load_config, to_dict
+from pipeline.schema import SchemaError, read_record
+from pose_extraction.extract import PoseConfig, VideoExtractor, distributed_shard, run_extract
+
+log = logging.getLogger("pose_extraction")
+
+
+def build_estimator_from(cfg: PoseConfig) -> Any:
+    """The estimator named in `cfg`, with weights from `cfg.weights` or the local cache."""
+    from pose_extraction import weights as wcache
+    from pose_extraction.estimators import build_estimator, get_estimator_class
+
+    cls = get_estimator_class(cfg.estimator)
+    if not getattr(cls, "needs_weights", True):  # the stand-in: no model, no weights
+        return cls()
+    path = wcache.resolve(cfg.estimator, "estimator", cfg.weights or None)
+    return build_estimator(cfg.estimator, weights=str(path), device=_device(cfg.device),
+                           batch_size=cfg.batch_size, flip_test=cfg.flip_test)  # fmt: skip
+
+
+def build_detector_from(cfg: PoseConfig) -> Any:
+    from pose_extraction import weights as wcache
+    from pose_extraction.detect import PersonDetector
+
+    d = cfg.detector
+    path = wcache.resolve(cfg.estimator, "detector", d.weights or None)
+    return PersonDetector(weights=str(path), device=_device(cfg.device), score_threshold=d.score_threshold,
+                          min_area=d.min_area, batch_size=d.batch_size)  # fmt: skip
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        if name.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise RuntimeError("DEVICE=cuda but no CUDA GPU is visible; use DEVICE=cpu (or auto)")
+        return name
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _parse_shard(text: str | None) -> tuple[int, int]:
+    if not text:
+        return distributed_shard() or (0, 1)
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard expects i/n, got {text!r}") from None
+    return i, n
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from pose_extraction.video import list_videos
+
+    sets = list(args.set) + [f"estimator={args.estimator}"] + ([f"device={args.device}"] if args.device else [])
+    cfg = load_config(PoseConfig, args.config, sets)
+    from pose_extraction.estimators import get_estimator_class
+
+    get_estimator_class(cfg.estimator)  # an unknown name fails before any video is listed
+    videos = list_videos(args.videos)
+    estimator = build_estimator_from(cfg)
+    detector = build_detector_from(cfg) if getattr(estimator, "needs_boxes", True) else None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_if_changed(out / "pose_config.yaml", dump_yaml(to_dict(cfg)))
+    run_extract(VideoExtractor(cfg=cfg, estimator=estimator, detector=detector), videos, out,
+                shard=_parse_shard(args.shard), max_failures=cfg.max_failures)  # fmt: skip
+    return 0
+
+
+def _parse_boxes(text: str) -> np.ndarray:
+    try:
+        boxes = [[float(v) for v in part.split(",")] for part in text.split(";") if part.strip()]
+        arr = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    except ValueError:
+        raise ValueError(f"--boxes expects x1,y1,x2,y2;... got {text!r}") from None
+    return arr
+
+
+def _cmd_image(args: argparse.Namespace) -> int:
+    import cv2
+
+    from pipeline.atomic import atomic_write_text
+
+    img = cv2.imread(args.image, cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"{args.image}: cannot read image")
+    rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    cfg = load_config(PoseConfig, None, [f"estimator={args.estimator}", f"device={args.device}"] +
+                      ([f"weights={args.weights}"] if args.weights else []))  # fmt: skip
+    estimator = build_estimator_from(cfg)
+    if getattr(estimator, "needs_boxes", True):
+        if args.boxes:
+            boxes = _parse_boxes(args.boxes)
+            box_scores = np.ones(len(boxes), np.float32)
+        else:
+            boxes, box_scores = build_detector_from(cfg).detect([rgb])[0]
+        (kp, sc), = estimator.estimate([rgb], [boxes])
+    else:
+        (kp, sc), = estimator.estimate([rgb], None)
+        boxes, box_scores = None, None
+    persons = []
+    for i in range(kp.shape[0]):
+        p = {"keypoints": kp[i].tolist(), "scores": np.clip(sc[i], 0, 1).tolist()}
+        if boxes is not None:
+            p["box"], p["box_score"] = boxes[i].tolist(), float(box_scores[i])
+        persons.append(p)
+    atomic_write_text(args.out, json.dumps({"image": args.image, "estimator": args.estimator,
+                                            "persons": persons}, indent=1) + "\n")  # fmt: skip
+    print(f"{len(persons)} persons -> {args.out}")
+    return 0
+
+
+def _cmd_weights(args: argparse.Namespace) -> int:
+    from pose_extraction import weights as wcache
+
+    if args.from_file:
+        print(wcache.import_file(args.estimator, args.from_file, role=args.role))
+    else:
+        for p in wcache.fetch(args.estimator):
+            print(p)
+    return 0
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from pose_extraction.render import render_video
+
+    n = render_video(read_record(args.record), args.video, args.out)
+    print(f"{n} frames -> {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pose_extraction", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="verb", required=True)
+
+    p = sub.add_parser("extract", help="videos -> one pose record per video")
+    p.add_argument("--estimator", required=True)
+    p.add_argument("--videos", required=True, help="a folder of videos or a text file listing them")
+    p.add_argument("--out", required=True, help="output folder (one <video_id>.pkl per video)")
+    p.add_argument("--shard", default=None, help="i/n: take every n-th video from the i-th (default: torchrun rank)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda")
+    p.add_argument("--config", default=None, help="YAML with PoseConfig fields")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=_cmd_extract)
+
+    p = sub.add_parser("image", help="one image -> keypoints JSON")
+    p.add_argument("image")
+    p.add_argument("--estimator", required=True)
+    p.add_argument("--boxes", default=None, help="x1,y1,x2,y2;... (skips the detector)")
+    p.add_argument("--weights", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_image)
+
+    p = sub.add_parser("weights", help="fetch official weights into the local cache, or import a file")
+    p.add_argument("estimator")
+    p.add_argument("--from", dest="from_file", default=None, help="import this local file instead of downloading")
+    p.add_argument("--role", choices=("estimator", "detector"), default="estimator")
+    p.set_defaults(func=_cmd_weights)
+
+    p = sub.add_parser("render", help="overlay a record on its video")
+    p.add_argument("record")
+    p.add_argument("video")
+    p.add_argument("out")
+    p.set_defaults(func=_cmd_render)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    print("error: pose extraction (stage 1) is not implemented yet", file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)  # fmt: skip
+    try:
+        return args.func(args)
+    except (ConfigError, SchemaError, ValueError, KeyError, RuntimeError, ImportError, OSError) as exc:
+        if args.verbose:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
