@@ -11,6 +11,8 @@ from typing import Protocol, runtime_checkable
 
 MODELS: dict[str, str] = {
     "dstformer": "recognition.models.dstformer:DSTFormer",
+    "sttformer": "recognition.models.sttformer:STTFormer",
+    "transformer": "recognition.models.transformer:SkeletonTransformer",
 }
 
 
