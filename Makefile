@@ -18,7 +18,8 @@ MODEL     ?= motionbert
 BACKBONE  ?= dstformer
 SPLIT     ?= xview
 DEVICE    ?= auto
-RUN       ?= $(ART)/runs/$(MODEL)_$(DATASET)_$(SPLIT)
+BB_TAG    := $(if $(filter dstformer,$(BACKBONE)),,_$(BACKBONE))
+RUN       ?= $(ART)/runs/$(MODEL)$(BB_TAG)_$(DATASET)_$(SPLIT)
 INDEX     ?= $(ART)/datasets/$(DATASET).pkl
 SET       ?=
 VIDEOS    ?=
@@ -86,9 +87,9 @@ dataset: $(STAMP) ## build the PYSKL index: DATASET=mocap15, or ntu60|ntu120|kin
 	    --out $(ART)/datasets/$(DATASET)_$(ESTIMATOR).pkl; fi
 
 .PHONY: train
-train: ## train MODEL (motionbert|maskclr) on DATASET, SPLIT (xview|xsub) and evaluate; SET="k=v ..." overrides
+train: ## train MODEL (motionbert|maskclr) with BACKBONE (dstformer|transformer|sttformer) on DATASET, SPLIT; evaluate. SET="k=v ..."
 	@case "$(MODEL)" in motionbert|maskclr) ;; *) echo "make train: unknown MODEL=$(MODEL); valid: motionbert, maskclr" >&2; exit 2;; esac
-	@test -f configs/recognition/$(MODEL)_$(DATASET).yaml || { echo "make train: no config configs/recognition/$(MODEL)_$(DATASET).yaml; available: $$(ls configs/recognition)" >&2; exit 2; }
+	@test -f configs/recognition/$(MODEL)$(BB_TAG)_$(DATASET).yaml || { echo "make train: no config configs/recognition/$(MODEL)$(BB_TAG)_$(DATASET).yaml; available: $$(ls configs/recognition)" >&2; exit 2; }
 	@$(MAKE) --no-print-directory $(RUN)/eval_$(SPLIT)_val/metrics.json
 	@echo "run: $(RUN)/  (metrics: $(RUN)/eval_$(SPLIT)_val/metrics.json)"
 
@@ -130,16 +131,16 @@ $(DEMO_DATA).valid: $(DEMO_DATA)
 
 # Runs. The frozen config is rewritten only when its resolved content changes (FORCE), so a
 # second `make` retrains nothing; MaskCLR starts from the baseline run of the same data/split.
-BASE_RUN := $(ART)/runs/motionbert_$(DATASET)_$(SPLIT)
-MCLR_RUN := $(ART)/runs/maskclr_$(DATASET)_$(SPLIT)
+BASE_RUN := $(ART)/runs/motionbert$(BB_TAG)_$(DATASET)_$(SPLIT)
+MCLR_RUN := $(ART)/runs/maskclr$(BB_TAG)_$(DATASET)_$(SPLIT)
 SET_ARGS := $(foreach s,$(SET),--set $(s))
 
 .PHONY: FORCE
 FORCE:
 
 $(ART)/runs/%/frozen.yaml: FORCE | $(STAMP)
-	@$(PY) -m pipeline freeze-config configs/recognition/$(firstword $(subst _, ,$*))_$(DATASET).yaml \
-	  $(if $(filter $(MODEL)_%,$*),$(SET_ARGS)) --out $@
+	@$(PY) -m pipeline freeze-config configs/recognition/$(patsubst %_$(SPLIT),%,$*).yaml \
+	  $(if $(filter $(MODEL)$(BB_TAG)_$(DATASET)_$(SPLIT),$*),$(SET_ARGS)) --out $@
 
 $(BASE_RUN)/best.pt: $(BASE_RUN)/frozen.yaml $(INDEX) $(REC_SRC)
 	$(PY) -m recognition train --config $< --data $(INDEX) --split $(SPLIT) --out $(@D) --device $(DEVICE)

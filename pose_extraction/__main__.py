@@ -151,7 +151,11 @@ def _cmd_weights(args: argparse.Namespace) -> int:
 def _cmd_render(args: argparse.Namespace) -> int:
     from pose_extraction.render import render_video
 
-    n = render_video(read_record(args.record), args.video, args.out)
+    caption = None
+    if args.captions:
+        caps = json.loads(Path(args.captions).read_text())
+        caption = lambda t: caps[t] if t < len(caps) else ""  # noqa: E731
+    n = render_video(read_record(args.record), args.video, args.out, caption=caption)
     print(f"{n} frames -> {args.out}")
     return 0
 
@@ -191,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("record")
     p.add_argument("video")
     p.add_argument("out")
+    p.add_argument("--captions", default=None, help="JSON list of one caption per frame (e.g. predicted labels)")
     p.set_defaults(func=_cmd_render)
     return parser
 

@@ -23,7 +23,7 @@ def draw_poses(frame: np.ndarray, kp: np.ndarray, score: np.ndarray, ids: np.nda
     img = np.ascontiguousarray(frame.copy())
     thick = max(1, round(min(img.shape[:2]) / 240))
     for m in range(kp.shape[0]):
-        if score[m].max() <= 0:
+        if score[m].max() <= min_score:
             continue
         color = _COLORS[m % len(_COLORS)]
         pts = kp[m].round().astype(int)
@@ -73,8 +73,11 @@ def render_video(record: dict, video: str | Path, out: str | Path, *,
                                     cv2.LINE_AA)  # fmt: skip
                     writer.write(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
                     n += 1
-        finally:
+        except BaseException:
             writer.release()
+            tmp.unlink(missing_ok=True)
+            raise
+        writer.release()
         tmp.replace(out)
     log.info("wrote %s (%d frames)", out, n)
     return n

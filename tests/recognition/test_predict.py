@@ -1,0 +1,94 @@
+"""Raw video -> labels: `recognition predict` on generated videos with a tiny model and the
+stand-in estimator (stage 1 runs in a subprocess, as with a real estimator's interpreter)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import to_dict
+from recognition.checkpoint import save_checkpoint
+from recognition.config import ModelConfig, TrainConfig
+from recognition.models.action import build_action_model
+from recognition.predict import window_starts
+from recognition.preprocess import PreprocessOptions
+from tests.pose_extraction.test_extract import write_video
+
+REPO = Path(__file__).resolve().parents[2]
+NAMES = ["walk", "run", "jump", "kick"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("run")
+    torch.manual_seed(0)
+    mcfg = dict(num_classes=4, backbone="dstformer", preset="tiny", hidden_dim=32, dropout=0.5, maxlen=16,
+                use_mask_token=False)  # fmt: skip
+    model = build_action_model(**mcfg)
+    cfg = TrainConfig(model=ModelConfig(preset="tiny", hidden_dim=32, maxlen=16), data=PreprocessOptions(clip_len=16))
+    save_checkpoint(run / "best.pt", {"model_state": model.state_dict(), "model_config": mcfg,
+                                      "run_config": to_dict(cfg), "label_names": NAMES, "epoch": 0})  # fmt: skip
+    return run
+
+
+def test_window_starts():
+    assert window_starts(10, 16) == [0]
+    assert window_starts(16, 16) == [0]
+    assert window_starts(50, 16) == [0, 8, 16, 24, 32, 34]
+    assert window_starts(40, 16) == [0, 8, 16, 24]
+
+
+def predict(video: Path, run: Path, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "recognition", "predict", "--video", str(video), "--run", str(run),
+                           "--out", str(out), "--estimator", "standin", "--device", "cpu"],
+                          capture_output=True, text=True, cwd=REPO, timeout=600)  # fmt: skip
+
+
+def test_predict_long_video_json_windows_and_overlay(tmp_path, tiny_run):
+    import cv2
+
+    video = write_video(tmp_path / "long.mp4", 50)
+    res = predict(video, tiny_run, tmp_path / "out")
+    assert res.returncode == 0, res.stderr[-3000:]
+    labels = json.loads((tmp_path / "out/labels.json").read_text())
+    assert labels == json.loads((tmp_path / "out/long.labels.json").read_text())
+    assert labels["total_frames"] == 50 and labels["clip_len"] == 16 and labels["persons"] == 2
+    assert [w["start_frame"] for w in labels["windows"]] == [0, 8, 16, 24, 32, 34]
+    for entry in [labels["clip"], *labels["windows"]]:
+        top = entry["top"]
+        assert len(top) == 4 and {t["label"] for t in top} == set(NAMES)
+        probs = [t["prob"] for t in top]
+        assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-4
+    w = labels["windows"][2]
+    assert w["end_frame"] - w["start_frame"] == 16 and w["start_s"] == pytest.approx(16 / 25)
+    cap = cv2.VideoCapture(str(tmp_path / "out/long.overlay.mp4"))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    assert n == 50
+    csv_lines = (tmp_path / "out/labels.csv").read_text().splitlines()
+    assert csv_lines[0] == "video,top1,prob,top5,error" and len(csv_lines) == 2
+
+
+def test_predict_folder_and_errors(tmp_path, tiny_run):
+    d = tmp_path / "videos"
+    d.mkdir()
+    write_video(d / "a.mp4", 10)
+    write_video(d / "b.mp4", 20)
+    write_video(d / "dark.mp4", 10, bright=False)
+    res = predict(d, tiny_run, tmp_path / "out")
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = (tmp_path / "out/labels.csv").read_text().splitlines()
+    assert len(rows) == 4 and rows[1].split(",")[0].endswith("a.mp4")
+    assert "no person" in next(r for r in rows if "dark.mp4" in r)
+    assert len(json.loads((tmp_path / "out/labels.json").read_text())) == 2
+    res = predict(tmp_path / "missing.mp4", tiny_run, tmp_path / "o2")
+    assert res.returncode == 1 and "no such video" in res.stderr
+    res = predict(d, tmp_path / "norun", tmp_path / "o3")
+    assert res.returncode == 1 and "train a model first" in res.stderr
