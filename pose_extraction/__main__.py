@@ -30,14 +30,15 @@ log = logging.getLogger("pose_extraction")
 def build_estimator_from(cfg: PoseConfig) -> Any:
     """The estimator named in `cfg`, with weights from `cfg.weights` or the local cache."""
     from pose_extraction import weights as wcache
-    from pose_extraction.estimators import build_estimator, get_estimator_class
+    from pose_extraction.estimators import build_estimator, get_estimator_class, load_settings
 
     cls = get_estimator_class(cfg.estimator)
     if not getattr(cls, "needs_weights", True):  # the stand-in: no model, no weights
         return cls()
     path = wcache.resolve(cfg.estimator, "estimator", cfg.weights or None)
+    settings = load_settings(cfg.estimator, cfg.estimator_settings or None)
     return build_estimator(cfg.estimator, weights=str(path), device=_device(cfg.device),
-                           batch_size=cfg.batch_size, flip_test=cfg.flip_test)  # fmt: skip
+                           batch_size=cfg.batch_size, flip_test=cfg.flip_test, settings=settings)  # fmt: skip
 
 
 def build_detector_from(cfg: PoseConfig) -> Any:

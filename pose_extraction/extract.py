@@ -11,6 +11,7 @@ run fails at the end if any video failed beyond `max_failures`. Under `torchrun`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -56,6 +57,7 @@ class PoseConfig:
     chunk_size: int = 32
     batch_size: int = 32
     flip_test: bool = True
+    estimator_settings: str = ""  # YAML of estimator settings; empty: configs/estimators/<estimator>.yaml
     max_failures: int = 0  # failed videos tolerated before the run exits non-zero
     extractor_version: int = EXTRACTOR_VERSION
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -116,8 +118,12 @@ class VideoExtractor:
         has_boxes = self.detector is not None
         if not any(len(k) for k in kps):
             raise NoPersonError(f"no person detected in any of the {len(kps)} frames")
+        tracking = self.cfg.tracking
+        cap = getattr(self.estimator, "max_persons", None)  # single-person models (BlazePose): M = 1
+        if cap is not None and tracking.max_persons > cap:
+            tracking = dataclasses.replace(tracking, max_persons=cap)
         tracked = track_persons(boxes if has_boxes else None, box_scores if has_boxes else None, kps, scores,
-                                cfg=self.cfg.tracking)  # fmt: skip
+                                cfg=tracking)  # fmt: skip
         rec = {
             "frame_dir": video.stem, "total_frames": len(kps), "img_shape": (int(h), int(w)),
             "original_shape": (int(h), int(w)), "keypoint": tracked["keypoint"],

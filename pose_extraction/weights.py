@@ -42,7 +42,17 @@ _DETECTOR = WeightFile(
     "https://download.pytorch.org/models/fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth", "dd69338a",
 )  # fmt: skip
 
+_OPP = "https://github.com/openpifpaf/torchhub/releases/download/v0.13/"
+_K16 = "shufflenetv2k16-210820-232500-cocokp-slurm726069-edge513-o10s-7189450a.pkl"
+_K30 = "shufflenetv2k30-210821-003923-cocokp-slurm726072-edge513-o10s-5fe1c400.pkl"
+_R50 = "resnet50-210830-150728-cocokp-slurm728641-edge513-o10s-ecd30da4.pkl"
+
 OFFICIAL: dict[str, tuple[WeightFile, ...]] = {
+    # OpenPifPaf's published checkpoints are whole pickled models (loaded only from this cache or
+    # an explicit path); the default network is shufflenetv2k16, the others under their own names.
+    "openpifpaf": (WeightFile("estimator", _K16, _OPP + _K16, "7189450a"),),
+    "openpifpaf_shufflenetv2k30": (WeightFile("estimator", _K30, _OPP + _K30, "5fe1c400"),),
+    "openpifpaf_resnet50": (WeightFile("estimator", _R50, _OPP + _R50, "ecd30da4"),),
     "vitpose": (
         WeightFile("estimator", "td-hm_ViTPose-base_8xb64-210e_coco-256x192-216eae50_20230314.pth",
                    "https://download.openmmlab.com/mmpose/v1/body_2d_keypoint/topdown_heatmap/coco/"
@@ -124,6 +134,9 @@ def import_file(estimator: str, src: str | os.PathLike, *, role: str = "estimato
 
 def fetch(estimator: str) -> list[Path]:
     """Download the official files of `estimator` into the cache, checking their hash prefixes."""
+    if estimator == "blazepose":
+        raise WeightsError("blazepose needs no download: its model ships inside the mediapipe 0.10.21 wheel "
+                           "(make install-mediapipe)")  # fmt: skip
     if estimator not in OFFICIAL:
         raise WeightsError(f"no official download known for {estimator!r}; known: {sorted(OFFICIAL)}; "
                            "use --from FILE")  # fmt: skip

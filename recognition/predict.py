@@ -128,7 +128,7 @@ def render_overlay(python: str, record: Path, video: Path, out: Path, captions: 
 
 def run_predict(*, video: str | Path, run: str | Path, out: str | Path, estimator: str = "blazepose",
                 estimator_python: str | None = None, device: str = "auto", k: int = 5,
-                overlay: bool = True) -> list[dict]:  # fmt: skip
+                overlay: bool = True, poses: str | Path | None = None) -> list[dict]:  # fmt: skip
     """Predict labels for a video or a folder of videos; returns one result per video."""
     src, out = Path(video), Path(out)
     if src.is_dir():
@@ -146,7 +146,7 @@ def run_predict(*, video: str | Path, run: str | Path, out: str | Path, estimato
     names = meta.get("label_names") or [f"class_{i}" for i in range(meta["model_config"]["num_classes"])]
     opts = eval_config(meta, faithful=None).data
     python = estimator_python or sys.executable
-    poses = out / "poses"
+    poses = Path(poses) if poses else out / "poses"  # records already there are reused
     run_extraction(videos, poses, estimator=estimator, python=python, device=device)
     results, rows = [], []
     for v in videos:

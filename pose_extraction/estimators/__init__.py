@@ -24,6 +24,8 @@ from typing import Any, Mapping
 ESTIMATORS: dict[str, str] = {
     "vitpose": "pose_extraction.estimators.vitpose:ViTPoseEstimator",
     "hrnet": "pose_extraction.estimators.hrnet:HRNetEstimator",
+    "openpifpaf": "pose_extraction.estimators.openpifpaf:OpenPifPafEstimator",  # bottom-up; make install-openpifpaf
+    "blazepose": "pose_extraction.estimators.blazepose:BlazePoseEstimator",  # .venv-mediapipe; one person (M = 1)
     "standin": "pose_extraction.estimators.standin:StandInEstimator",  # tests only: no model
 }
 
