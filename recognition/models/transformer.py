@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recognition.models.dstformer import Mlp
+
 _BASE = dict(dim_feat=512, dim_rep=512, depth=5, num_heads=8, mlp_ratio=4.0)
 TRANSFORMER_PRESETS: dict[str, dict] = {
     "base": dict(_BASE, t_patch=1),  # MaskCLR's setting (t_patch 1, 243 frames) with FFN 2048
@@ -77,19 +79,6 @@ class Attention(nn.Module):
             attn, out = None, F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # [B, H, L, d]
         out = out.transpose(1, 2).reshape(B, L, D)  # [B, H, L, d] -> [B, L, H, d] -> [B, L, D]
         return self.proj(out), attn
-
-
-class Mlp(nn.Module):
-    """Linear(D → hidden) → GELU → Linear(hidden → D)."""
-
-    def __init__(self, *, dim: int, hidden_dim: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_dim, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class Block(nn.Module):
