@@ -302,3 +302,14 @@ def test_validate_cli_errors_one_line(tmp_path, case, fragment):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and str(path) in lines[0] and fragment in lines[0], res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_atomic_write_uses_normal_permissions(tmp_path):
+    from pipeline.atomic import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "f.bin", b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o644
