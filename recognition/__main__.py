@@ -1,7 +1,9 @@
-"""`python -m recognition <verb>`: train, evaluate.
+"""`python -m recognition <verb>`: train, evaluate, report.
 
     train     --config C --data INDEX --split xsub|xview|xset --out DIR [--init CK] [--resume]
     evaluate  --checkpoint CK --data INDEX --split xview_val --out DIR [--noise-sigma S] [--faithful]
+    predict   --video V|DIR --run RUN --out DIR [--estimator E] [--estimator-python PY]
+    report    --runs RUN_DIR... --data INDEX... --out DIR [--config configs/report/default.yaml] [--only SECTION]
 
 Exit status 0 on success, 1 on a failure (one error line on stderr), 2 on bad arguments.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from pipeline.config import ConfigError, load_config
@@ -34,6 +37,40 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     run_evaluate(checkpoint=args.checkpoint, data=args.data, split=args.split, out=args.out, device=args.device,
                  noise_sigma=args.noise_sigma, faithful=args.faithful, batch_size=args.batch_size,
                  allow_pickle=args.allow_pickle)  # fmt: skip
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    import shlex
+
+    from recognition.report import ReportConfig, run_report
+
+    cfg = load_config(ReportConfig, args.config, args.set)
+    command = ["python", "-m", "recognition", "report", "--runs", *args.runs, "--data", *args.data, "--out", args.out]
+    if args.config:
+        command += ["--config", args.config]
+    for item in args.set:
+        command += ["--set", item]
+    if args.split:
+        command += ["--split", args.split]
+    if args.device != "auto":
+        command += ["--device", args.device]
+    logging.getLogger(__name__).debug("report command: %s", shlex.join(command))
+    run_report(runs=args.runs, data=args.data, out=args.out, cfg=cfg, command=command, split=args.split,
+               device=args.device, only=args.only)  # fmt: skip
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from recognition.predict import run_predict
+
+    results = run_predict(video=args.video, run=args.run, out=args.out, estimator=args.estimator,
+                          estimator_python=args.estimator_python, device=args.device, k=args.top_k,
+                          overlay=not args.no_overlay, poses=args.poses)  # fmt: skip
+    for r in results:
+        top = r["clip"]["top"][0]
+        print(f"{r['video']}: {top['label']} ({100 * top['prob']:.1f}%), {len(r['windows'])} windows")
+    print(f"labels: {Path(args.out) / 'labels.json'}")
     return 0
 
 
@@ -67,6 +104,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--allow-pickle", action="store_true", help="allow full unpickling of a trusted foreign file")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("report", help="robustness report over trained runs (tables, figures, report.html)")
+    p.add_argument("--runs", nargs="+", required=True, help="run directories (their best.pt) or checkpoint files")
+    p.add_argument("--data", nargs="+", required=True,
+                   help="dataset indexes; the first is swept, all enter the cross-estimator and pose-quality tables")
+    p.add_argument("--out", required=True, help="report directory (cache in OUT/cache)")
+    p.add_argument("--config", default=None, help="YAML (configs/report/*.yaml); default: ReportConfig defaults")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--split", default=None, help="evaluation split (default: <the runs' split>_val)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--only", action="append", default=None, metavar="SECTION",
+                   help="write only this section's CSV/PNG and print its table (repeatable); the names are "
+                        "recognition.report.SECTIONS, e.g. gaussian_noise, masking, pose_quality")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("predict", help="raw video (or a folder) -> action labels + overlay video")
+    p.add_argument("--video", required=True, help="a video file or a folder of videos")
+    p.add_argument("--run", required=True, help="a run folder (its best.pt) or a checkpoint")
+    p.add_argument("--out", required=True)
+    p.add_argument("--estimator", default="blazepose", help="stage-1 estimator (default: blazepose)")
+    p.add_argument("--estimator-python", default=None,
+                   help="interpreter that runs stage 1 (e.g. .venv-mediapipe/bin/python for blazepose)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--no-overlay", action="store_true")
+    p.add_argument("--poses", default=None, help="folder for the pose records (default OUT/poses); valid ones are reused")
+    p.set_defaults(func=_cmd_predict)
     return parser
 
 
@@ -76,7 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)  # fmt: skip
     try:
         return args.func(args)
-    except (ConfigError, SchemaError, UnsafePickleError, CheckpointError, ValueError, KeyError, RuntimeError) as exc:
+    except (ConfigError, SchemaError, UnsafePickleError, CheckpointError, ValueError, KeyError, RuntimeError,
+            FileNotFoundError) as exc:
+        if args.verbose:
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
