@@ -91,6 +91,8 @@ def main() -> None:
     torch.manual_seed(0)
     model = build_action_model(num_classes=args.classes, backbone=args.backbone, preset=args.preset,
                                maxlen=args.frames, use_mask_token=True).to(device)  # fmt: skip
+    if batch == 1:  # BatchNorm cannot train on one clip: keep the head's BN in eval mode (timing is unaffected)
+        model.head.bn.eval()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x, y = make_batch(batch, args.frames, args.classes, device)
     cfg = TrainConfig(maskclr=MaskCLRConfig(enabled=True))

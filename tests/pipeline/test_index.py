@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import make_record
+from tests.helpers import make_record
 from pipeline import schema
 from pipeline.__main__ import main
 from pipeline.datasets import NTU60, FolderDataset, Kinetics400

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_index, make_record
+from tests.helpers import make_index, make_record
 from pipeline import schema
 from pipeline.schema import SchemaError, UnsafePickleError
 

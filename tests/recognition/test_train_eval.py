@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_index
+from tests.helpers import make_index
 from pipeline.schema import write_index
 from recognition.checkpoint import read_checkpoint
 from recognition.checkpoint_import import CheckpointError
