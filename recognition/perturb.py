@@ -1,0 +1,159 @@
+"""Perturbations of METHOD §8 (robustness protocols): pure numpy functions on clip arrays.
+
+Each perturbation is a pure function of its inputs and an explicit `np.random.Generator`; nothing here seeds a global
+RNG or touches torch. Where each one plugs into the preprocessing of METHOD §2 (`SPACE`):
+
+- "screen": screen-normalised space (`make_cam`, [-1, 1]), before tracking, the COCO -> H36M conversion, resampling and
+  `crop_scale`; this is where METHOD §8(a) adds Gaussian noise. `recognition.preprocess.preprocess_clip` applies the
+  Gaussian noise itself (`noise_sigma`); any other screen-space perturbation goes through `perturb_pixels`, which maps
+  pixels to that space, applies it and maps back, so `preprocess_clip` then sees the perturbed clip.
+- "model": model-input space [M, T, V, 3] (channels x, y, conf), i.e. after `crop_scale`: shifted joints (§8 c),
+  targeted and random masking (§8 d), RISE deletion/insertion (§8 e).
+
+Axis letters: M persons, T frames, V joints, C channels.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from recognition.preprocess import add_gaussian_noise, normalize_screen
+
+SPACE = {"gaussian": "screen", "spatial": "screen", "shift": "model", "mask_targeted": "model",
+         "mask_random": "model"}  # fmt: skip
+
+__all__ = ["SPACE", "gaussian_noise", "spatial_noise", "perturb_pixels", "shift_joints", "top_k_joint_mask",
+           "random_joint_mask", "zero_tokens", "token_ranks", "first_units_mask"]  # fmt: skip
+
+
+def gaussian_noise(xy: np.ndarray, sigma: float, rng: np.random.Generator, *, per_person: bool) -> np.ndarray:
+    """METHOD §8(a): xy [M, T, V, 2] + N(0, sigma^2) i.i.d. per frame, joint and coordinate, clipped to [-1, 1].
+
+    `per_person=False` is the official broadcast of one [T, V, 2] draw to every person (switch F6). sigma = 0 returns
+    xy unchanged (no draw). The same function `preprocess_clip` uses.
+    """
+    if sigma == 0:
+        return np.asarray(xy, dtype=np.float64)
+    return add_gaussian_noise(xy, sigma, rng, per_person=per_person)
+
+
+def spatial_noise(xy: np.ndarray, sigma: float, rng: np.random.Generator, *, per_person: bool = True) -> np.ndarray:
+    """METHOD §8(b): one offset N(0, sigma^2) per (person, joint, coordinate), the same in every frame; clipped.
+
+    Args:
+        xy: [M, T, V, 2] screen-normalised coordinates.
+        per_person: independent offsets per person; False draws one [V, 2] offset shared by every person.
+
+    Returns:
+        float64 [M, T, V, 2]; xy itself (as float64) when sigma = 0.
+    """
+    if sigma < 0:
+        raise ValueError(f"noise sigma must be >= 0, got {sigma}")
+    xy = np.asarray(xy, dtype=np.float64)
+    if sigma == 0:
+        return xy
+    m, _, v, _ = xy.shape
+    offset = rng.normal(0.0, sigma, size=(m if per_person else 1, 1, v, 2))  # [M or 1, 1, V, 2], constant over T
+    return np.clip(xy + offset, -1.0, 1.0)
+
+
+def perturb_pixels(keypoint: np.ndarray, img_shape: tuple[int, int],
+                   fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Apply a screen-space perturbation `fn` to pixel keypoints [M, T, V, 2]; returns float64 pixels.
+
+    Pixels -> `normalize_screen` -> fn -> pixels, so that `preprocess_clip` (which normalises again) sees exactly
+    fn's output in screen space (up to float64 rounding): the insertion point of METHOD §8(a).
+    """
+    side = max(img_shape)
+    xy = fn(normalize_screen(keypoint, img_shape))  # [M, T, V, 2] in [-1, 1]
+    return (np.asarray(xy, dtype=np.float64) + 1.0) / 2.0 * side
+
+
+def shift_joints(x: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """METHOD §8(c): move k random joints to random points inside each frame's skeleton box (model-input space).
+
+    The k distinct joints are drawn once per clip (the same joints for every person); in every frame each of them gets
+    a new (x, y) drawn uniformly in that person's bounding box over its valid joints (conf > 0) of that frame, computed
+    before any joint moves. conf is kept. Person-frames without a valid joint (the padded person) are left alone.
+
+    Args:
+        x: [M, T, V, 3] model input (after `crop_scale`).
+        k: number of joints to move, 0 <= k <= V.
+
+    Returns:
+        (shifted copy [M, T, V, 3], the moved joint indices [k]).
+    """
+    m, t, v, _ = x.shape
+    if not 0 <= k <= v:
+        raise ValueError(f"k must be in [0, {v}], got {k}")
+    out = np.array(x, copy=True)
+    joints = np.sort(rng.choice(v, size=k, replace=False))  # [k]
+    if k == 0:
+        return out, joints
+    valid = x[..., 2] > 0  # [M, T, V]
+    has = valid.any(axis=2)  # [M, T] person-frames with a box
+    lo = np.where(valid[..., None], x[..., :2], np.inf).min(axis=2)  # [M, T, 2] box corner (x_min, y_min)
+    hi = np.where(valid[..., None], x[..., :2], -np.inf).max(axis=2)  # [M, T, 2] (x_max, y_max)
+    lo, hi = np.where(has[..., None], lo, 0.0), np.where(has[..., None], hi, 0.0)  # no box: unused, finite
+    u = rng.random((m, t, k, 2))  # [M, T, k, 2] uniform in [0, 1)
+    new = lo[:, :, None] + u * (hi - lo)[:, :, None]  # [M, T, k, 2]
+    sel = out[:, :, joints, :2]  # [M, T, k, 2]
+    out[:, :, joints, :2] = np.where(has[:, :, None, None], new, sel).astype(x.dtype)
+    return out, joints
+
+
+def top_k_joint_mask(scores: np.ndarray, k: int) -> np.ndarray:
+    """Bool mask [..., T, V], True on the k highest-scoring joints of each frame (METHOD §8 d, targeted masking).
+
+    Args:
+        scores: [..., T, V] attention received per token (`ActionOutput.activation`).
+        k: joints per frame, 0 <= k <= V. Ties go to the lower joint index.
+    """
+    v = scores.shape[-1]
+    if not 0 <= k <= v:
+        raise ValueError(f"k must be in [0, {v}], got {k}")
+    order = np.argsort(-scores, axis=-1, kind="stable")[..., :k]  # [..., T, k] joint indices, highest first
+    mask = np.zeros(scores.shape, dtype=bool)
+    np.put_along_axis(mask, order, True, axis=-1)
+    return mask
+
+
+def random_joint_mask(shape: tuple[int, ...], k: int, rng: np.random.Generator) -> np.ndarray:
+    """Bool mask `shape` = [..., T, V] with k random joints per frame (the baseline of targeted masking)."""
+    v = shape[-1]
+    if not 0 <= k <= v:
+        raise ValueError(f"k must be in [0, {v}], got {k}")
+    return top_k_joint_mask(rng.random(shape), k)
+
+
+def zero_tokens(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """x [..., V, C] with every channel (x, y, conf) of the masked tokens [..., V] set to 0 (a copy)."""
+    return np.where(mask[..., None], 0, x).astype(x.dtype, copy=False)
+
+
+def token_ranks(saliency: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rank of every token of a clip by decreasing saliency, valid tokens first (RISE units, METHOD §8 e).
+
+    Args:
+        saliency: [N, M, T, V] per-token saliency (e.g. attention received).
+        valid: [N, M, T, V] bool, the tokens that count as units; the others rank last and are never selected.
+
+    Returns:
+        (ranks [N, M, T, V] int64 with 0 = most salient, units [N] = number of valid tokens per clip).
+    """
+    n = saliency.shape[0]
+    flat = np.where(valid, saliency, -np.inf).reshape(n, -1)  # [N, M·T·V]
+    order = np.argsort(-flat, axis=1, kind="stable")  # [N, M·T·V] token ids, most salient first
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(flat.shape[1])[None].repeat(n, 0), axis=1)
+    return ranks.reshape(saliency.shape), valid.reshape(n, -1).sum(axis=1)
+
+
+def first_units_mask(ranks: np.ndarray, units: np.ndarray, step: int, n_steps: int) -> np.ndarray:
+    """Tokens [N, M, T, V] among the first round(step / n_steps * units) of each clip's ranking.
+
+    Step i of a deletion curve zeroes these tokens; step i of an insertion curve keeps only these.
+    """
+    count = np.rint(units * (step / n_steps)).astype(np.int64)  # [N]
+    return ranks < count[:, None, None, None]

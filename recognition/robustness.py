@@ -1,0 +1,413 @@
+"""Robustness sweeps of METHOD §8 with a result cache: (run, data, perturbation, seed) -> logits or curves.
+
+Every evaluation result is stored under `CACHE_DIR/<key hash>.npz` (arrays) beside `<key hash>.json` (the key, for
+people). The key is (CACHE_VERSION, the checkpoint's and the data file's sha256, the split and its clip list, the
+perturbation and its parameters, the seed, the preprocessing options and the device type), so a re-run recomputes
+only what changed. File hashes are memoised in `CACHE_DIR/files.json` by (path, mtime, size). Bump `CACHE_VERSION`
+when the meaning of a cached result changes.
+
+Where each perturbation acts (see `recognition.perturb`): Gaussian and spatial noise in screen space inside the
+preprocessing (one data pass per perturbation and seed); the clean pass, shifted joints, targeted/random masking and
+RISE deletion/insertion in model-input space, all computed in a single data pass that shares the clean input.
+Random draws are a pure function of (seed, clip position, perturbation): Gaussian noise uses the generator
+`default_rng([seed, i])` of `SkeletonDataset`, so seed = the run's seed reproduces `python -m recognition evaluate
+--noise-sigma`.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from pipeline.atomic import atomic_write_bytes, atomic_write_text, write_text_if_changed
+from pipeline.config import to_dict
+from pipeline.schema import read_index
+from recognition import perturb
+from recognition.checkpoint import build_model_from_checkpoint, read_checkpoint
+from recognition.config import TrainConfig
+from recognition.data import SkeletonDataset, split_frame_dirs
+from recognition.evaluate import eval_config
+from recognition.preprocess import preprocess_clip
+from recognition.train import autocast_for, label_names_of
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+KINDS = ("clean", "gaussian", "spatial", "shift", "mask_targeted", "mask_random", "deletion", "insertion")
+SEEDED = ("gaussian", "spatial", "shift", "mask_random")  # kinds whose result depends on the seed
+_TAG = {"spatial": 3, "shift": 1, "mask_random": 2, "rise_random": 4}  # rng stream per kind
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """One evaluation condition.
+
+    Attributes:
+        kind: one of KINDS.
+        value: sigma (gaussian, spatial) or k (shift, mask_targeted, mask_random); unused otherwise.
+        layer: saliency source of deletion/insertion: a layer index (-1 = last; Python-style negatives) or "random".
+        steps: number of deletion/insertion steps n (the curve has n + 1 points).
+    """
+
+    kind: str
+    value: float = 0.0
+    layer: int | str = -1
+    steps: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "value", float(self.value))  # k = 3 and 3.0 are one condition, one cache key
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown perturbation {self.kind!r}; valid: {KINDS}")
+        if self.kind in ("deletion", "insertion") and self.steps < 1:
+            raise ValueError(f"{self.kind} needs steps >= 1, got {self.steps}")
+
+    @property
+    def space(self) -> str:
+        return "screen" if self.kind in ("gaussian", "spatial") else "model"
+
+    def canonical(self) -> Perturbation:
+        """The identity perturbations (sigma = 0, k = 0) are the clean evaluation."""
+        if self.kind in ("gaussian", "spatial", "shift", "mask_targeted", "mask_random") and self.value == 0:
+            return Perturbation("clean")
+        return self
+
+    def params(self) -> dict:
+        if self.kind == "clean":
+            return {"kind": "clean"}
+        if self.kind in ("deletion", "insertion"):
+            return {"kind": self.kind, "layer": self.layer, "steps": self.steps}
+        return {"kind": self.kind, "value": self.value}
+
+
+class ResultCache:
+    """npz results keyed by a JSON-able dict; writes are atomic, reads never write."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.hits = self.misses = 0
+
+    def path(self, key: dict) -> Path:
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+        return self.root / f"{digest}.npz"
+
+    def get(self, key: dict) -> dict[str, np.ndarray] | None:
+        p = self.path(key)
+        if not p.is_file():
+            self.misses += 1
+            return None
+        self.hits += 1
+        with np.load(p, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+    def put(self, key: dict, arrays: dict[str, np.ndarray]) -> None:
+        p = self.path(key)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        atomic_write_bytes(p, buf.getvalue())
+        write_text_if_changed(p.with_suffix(".json"), json.dumps(key, indent=1, sort_keys=True) + "\n")
+
+    def file_digest(self, path: str | Path) -> str:
+        """sha256 of a file, memoised in `files.json` by (absolute path, mtime_ns, size)."""
+        p = Path(path).resolve()
+        st = p.stat()
+        memo_path = self.root / "files.json"
+        memo = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
+        hit = memo.get(str(p))
+        if hit and hit[0] == st.st_mtime_ns and hit[1] == st.st_size:
+            return hit[2]
+        h = hashlib.sha256()
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+        memo[str(p)] = [st.st_mtime_ns, st.st_size, h.hexdigest()]
+        atomic_write_text(memo_path, json.dumps(memo, indent=1, sort_keys=True) + "\n")
+        return h.hexdigest()
+
+
+class RunContext:
+    """A trained run: checkpoint path, its resolved config and label names; the model is built on first use."""
+
+    def __init__(self, checkpoint: str | Path, *, name: str, device: torch.device, cache: ResultCache) -> None:
+        self.checkpoint, self.name, self.device, self.cache = Path(checkpoint), name, device, cache
+        ck = read_checkpoint(self.checkpoint)
+        self.run_config: dict | None = ck.get("run_config")
+        self.cfg: TrainConfig = eval_config(ck, faithful=None)
+        self.label_names: list[str] | None = ck.get("label_names")
+        self.num_classes: int = ck["model_config"]["num_classes"]
+        self.split: str | None = ck.get("split")
+        self.digest = cache.file_digest(self.checkpoint)
+
+    @functools.cached_property
+    def model(self):
+        model, _ = build_model_from_checkpoint(self.checkpoint)
+        return model.to(self.device).eval()
+
+
+class DataContext:
+    """A dataset index and the clips evaluated from it; the file is read on first use."""
+
+    def __init__(self, path: str | Path, *, split: str, cache: ResultCache) -> None:
+        self.path, self.split = Path(path), split
+        self.digest = cache.file_digest(self.path)
+
+    @functools.cached_property
+    def index(self) -> dict:
+        return read_index(self.path)
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+
+def eval_key(run: RunContext, data: DataContext, frame_dirs: list[str], pert: Perturbation, seed: int | None, *,
+             noise_per_person: bool) -> dict:  # fmt: skip
+    """The cache key of one evaluation (see the module docstring)."""
+    return {
+        "version": CACHE_VERSION, "checkpoint": run.digest, "data": data.digest, "split": data.split,
+        "clips": hashlib.sha256("\n".join(frame_dirs).encode()).hexdigest(), "perturbation": pert.params(),
+        "seed": seed if pert.kind in SEEDED else None,
+        "noise_per_person": noise_per_person if pert.kind == "gaussian" else None,
+        "preprocess": to_dict(run.cfg.data), "device": run.device.type,
+    }  # fmt: skip
+
+
+class EvalClips(Dataset):
+    """Test clips of a SkeletonDataset -> (x [2, T, 17, 3], label, position), with an optional screen perturbation."""
+
+    def __init__(self, base: SkeletonDataset, pert: Perturbation, seed: int, *, noise_per_person: bool) -> None:
+        assert not base.train and base.noise_sigma == 0
+        self.base, self.pert, self.seed, self.noise_per_person = base, pert, seed, noise_per_person
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        b, kind, value = self.base, self.pert.kind, self.pert.value
+        kp, score, shape = b.keypoints[i], b.scores[i], b.img_shapes[i]
+        sigma, rng = 0.0, None
+        if kind == "gaussian":  # exactly SkeletonDataset's noisy test path with this seed
+            sigma, rng = value, np.random.default_rng([self.seed, i])
+        elif kind == "spatial":
+            r = np.random.default_rng([self.seed, i, _TAG["spatial"]])
+            kp = perturb.perturb_pixels(kp, shape, lambda xy: perturb.spatial_noise(xy, value, r))
+        x = preprocess_clip(kp, score, shape, train=False, opts=b.opts, rng=rng, noise_sigma=sigma,
+                            noise_per_person=self.noise_per_person, clip_name=b.names[i])  # fmt: skip
+        return torch.from_numpy(x), b.labels[i], i
+
+
+def make_base_dataset(run: RunContext, data: DataContext, frame_dirs: list[str]) -> SkeletonDataset:
+    return SkeletonDataset(annotations=data.index["annotations"], frame_dirs=frame_dirs, train=False,
+                           opts=run.cfg.data, seed=run.cfg.seed, num_classes=run.num_classes,
+                           skip_bad=run.cfg.optim.skip_bad)  # fmt: skip
+
+
+@torch.no_grad()
+def _forward(run: RunContext, x: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits [N, C] float32 cpu, features [N, H] float32 cpu) of a batch, plain (fused attention) path."""
+    x = torch.as_tensor(x).to(run.device)
+    with autocast_for(run.device):
+        out = run.model(x)
+    return out.logits.float().cpu(), out.features.float().cpu()
+
+
+@contextlib.contextmanager
+def _layer_attention(model, layers: list[int]) -> Iterator[dict[int, torch.Tensor]]:
+    """Capture the spatial attention probabilities [B·T, H, V, V] of the ST blocks of `layers` (DSTFormer)."""
+    backbone = model.backbone
+    blocks = getattr(backbone, "blocks_st", None)
+    if blocks is None:
+        raise ValueError(f"saliency from layers {layers} needs a backbone with `blocks_st` (DSTFormer); "
+                         f"use layer -1 (the last layer) for {type(backbone).__name__}")  # fmt: skip
+    store: dict[int, torch.Tensor] = {}
+    old = backbone.explicit_attention
+    backbone.explicit_attention = True  # the attention modules then return their probabilities
+    handles = [blocks[layer].attn_s.register_forward_hook(
+        lambda _m, _i, out, layer=layer: store.__setitem__(layer, out[1])) for layer in layers]  # fmt: skip
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+        backbone.explicit_attention = old
+
+
+@torch.no_grad()
+def token_saliency(run: RunContext, x: torch.Tensor, layers: list[int]) -> dict[int, np.ndarray]:
+    """Attention each token receives [N, M, T, V] (METHOD §5.1) from the spatial attention of each layer in `layers`.
+
+    Layer indices are normalised to 0..depth-1; the last layer uses the backbone's `return_attention` path.
+    """
+    N, M, T, V, C = x.shape
+    depth = len(getattr(run.model.backbone, "blocks_st", [None]))
+    layers = sorted({layer % depth for layer in layers})
+    x = x.to(run.device)
+    out: dict[int, np.ndarray] = {}
+    if depth - 1 in layers:
+        with autocast_for(run.device):
+            act = run.model(x, return_attention=True).activation  # [N, M, T, V]
+        out[depth - 1] = act.float().cpu().numpy()
+    inner = [layer for layer in layers if layer != depth - 1]
+    if inner:
+        with _layer_attention(run.model, inner) as store, autocast_for(run.device):
+            run.model(x)
+        backbone = run.model.backbone
+        for layer in inner:
+            attn = store[layer].reshape(N * M, T, *store[layer].shape[1:])  # [B·T, H, V, V] -> [B, T, H, V, V]
+            act = backbone.token_activation(attn).reshape(N, M, T, V)  # [B, T, V] -> [N, M, T, V]
+            out[layer] = act.float().cpu().numpy()
+    return out
+
+
+def _softmax_at(logits: torch.Tensor, cls: np.ndarray) -> np.ndarray:
+    """Softmax probability of class cls[n] for each row of logits [N, C] -> [N]."""
+    return logits.softmax(dim=1)[torch.arange(len(cls)), torch.as_tensor(cls)].numpy()
+
+
+def _model_space_batch(run: RunContext, x: torch.Tensor, pos: np.ndarray,
+                       todo: list[tuple[Perturbation, int | None]]) -> dict:
+    """Results of the model-space perturbations `todo` on one clean batch x [N, M, T, V, 3]."""
+    logits, feats = _forward(run, x)
+    pred = logits.argmax(1).numpy()
+    depth = len(getattr(run.model.backbone, "blocks_st", [None]))
+    layers = {p.layer % depth for p, _ in todo if p.kind in ("deletion", "insertion") and p.layer != "random"}
+    if any(p.kind == "mask_targeted" for p, _ in todo):
+        layers.add(depth - 1)
+    sal = token_saliency(run, x, sorted(layers)) if layers else {}
+    xn = x.numpy()
+    every = np.ones(xn.shape[:4], dtype=bool)  # RISE units: all (m, t, j) tokens, so the curves end at 0 / clean
+    out: dict = {}
+    for pert, seed in todo:
+        kind = pert.kind
+        if kind == "clean":
+            out[(pert, seed)] = {"logits": logits.numpy(), "features": feats.numpy()}
+        elif kind == "shift":
+            xs = np.stack([perturb.shift_joints(xn[j], int(pert.value),
+                                                np.random.default_rng([seed, int(i), _TAG["shift"]]))[0]
+                           for j, i in enumerate(pos)])  # fmt: skip
+            out[(pert, seed)] = {"logits": _forward(run, xs)[0].numpy()}
+        elif kind in ("mask_targeted", "mask_random"):
+            k = int(pert.value)
+            if kind == "mask_targeted":
+                mask = perturb.top_k_joint_mask(sal[depth - 1], k)  # [N, M, T, V]
+            else:
+                mask = np.stack([perturb.random_joint_mask(xn.shape[1:4], k,
+                                                           np.random.default_rng([seed, int(i), _TAG["mask_random"]]))
+                                 for i in pos])  # fmt: skip
+            out[(pert, seed)] = {"logits": _forward(run, perturb.zero_tokens(xn, mask))[0].numpy()}
+        else:  # deletion / insertion
+            if pert.layer == "random":
+                s = np.stack([np.random.default_rng([0, int(i), _TAG["rise_random"]]).random(xn.shape[1:4])
+                              for i in pos])  # fmt: skip
+            else:
+                s = sal[pert.layer % depth]
+            ranks, units = perturb.token_ranks(s, every)
+            curve = np.empty((len(pos), pert.steps + 1), dtype=np.float32)
+            for step in range(pert.steps + 1):
+                first = perturb.first_units_mask(ranks, units, step, pert.steps)  # [N, M, T, V]
+                xi = perturb.zero_tokens(xn, first if kind == "deletion" else ~first)
+                curve[:, step] = _softmax_at(_forward(run, xi)[0], pred)
+            out[(pert, seed)] = {"curve": curve}
+    return out
+
+
+def evaluate_many(run: RunContext, data: DataContext, items: list[tuple[Perturbation, int]], *,
+                  frame_dirs: list[str] | None = None, batch_size: int = 32,
+                  noise_per_person: bool | None = None) -> dict[tuple[Perturbation, int], dict]:  # fmt: skip
+    """Results of (perturbation, seed) items for `run` on `data`, from the cache or computed (then cached).
+
+    Args:
+        frame_dirs: the clips (default: the data's split).
+        noise_per_person: Gaussian noise per person (None: the run's own setting, switch F6).
+
+    Returns:
+        {(perturbation, seed): arrays} for every requested item, keyed as requested. Arrays: "labels" [N] and
+        "frame_dir" [N] always; "logits" [N, C] (clean, noise, shift, masking), "features" [N, H] (clean), "curve"
+        [N, steps + 1] (deletion/insertion: softmax probability of the clean-predicted class after each step).
+    """
+    if frame_dirs is None:
+        frame_dirs = split_frame_dirs(data.index, data.split)
+    npp = run.cfg.noise_per_person if noise_per_person is None else noise_per_person
+    cache = run.cache
+    canon = {item: (item[0].canonical(), item[1] if item[0].canonical().kind in SEEDED else None) for item in items}
+    keys = {c: eval_key(run, data, frame_dirs, c[0], c[1], noise_per_person=npp) for c in set(canon.values())}
+    found = {c: cache.get(k) for c, k in keys.items()}
+    missing = [c for c, r in found.items() if r is None]
+    if missing:
+        log.info("%s on %s: computing %d of %d evaluations (%d cached)", run.name, data.name, len(missing),
+                 len(found), len(found) - len(missing))  # fmt: skip
+        base = make_base_dataset(run, data, frame_dirs)
+        meta = {"labels": np.asarray(base.labels, dtype=np.int64), "frame_dir": np.asarray(base.names)}
+        model_todo = sorted((c for c in missing if c[0].space == "model"), key=_order)
+        if model_todo:
+            parts = _run_model_space(run, base, model_todo, batch_size)
+            for c in model_todo:
+                found[c] = {**parts[c], **meta}
+                cache.put(keys[c], found[c])
+        for c in sorted((c for c in missing if c[0].space == "screen"), key=_order):
+            ds = EvalClips(base, c[0], c[1], noise_per_person=npp)
+            loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=run.cfg.optim.num_workers)
+            logits = [_forward(run, x)[0] for x, _, _ in tqdm(
+                loader, desc=f"{run.name} {describe(c[0])} seed {c[1]}", leave=False, dynamic_ncols=True)]
+            found[c] = {"logits": torch.cat(logits).numpy(), **meta}
+            cache.put(keys[c], found[c])
+    return {item: found[canon[item]] for item in items}
+
+
+def _order(c: tuple[Perturbation, int | None]) -> tuple:
+    return (c[0].kind, str(c[0].value), str(c[0].layer), c[0].steps, -1 if c[1] is None else c[1])
+
+
+def _run_model_space(run: RunContext, base: SkeletonDataset, todo: list, batch_size: int) -> dict:
+    ds = EvalClips(base, Perturbation("clean"), 0, noise_per_person=True)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=run.cfg.optim.num_workers)
+    chunks: dict = {c: {} for c in todo}
+    for x, _, pos in tqdm(loader, desc=f"{run.name}: {len(todo)} model-space evaluations", leave=False,
+                          dynamic_ncols=True):  # fmt: skip
+        for c, arrays in _model_space_batch(run, x, pos.numpy(), todo).items():
+            for name, a in arrays.items():
+                chunks[c].setdefault(name, []).append(a)
+    return {c: {name: np.concatenate(parts) for name, parts in arrays.items()} for c, arrays in chunks.items()}
+
+
+def attention_maps(run: RunContext, data: DataContext, frame_dirs: list[str], *, layer: int = -1) -> dict:
+    """Clean-pass attention received per token [n, M, T, V] and logits [n, C] of a few clips (cached)."""
+    key = {"version": CACHE_VERSION, "checkpoint": run.digest, "data": data.digest, "attention_of": list(frame_dirs),
+           "layer": layer, "preprocess": to_dict(run.cfg.data), "device": run.device.type}  # fmt: skip
+    hit = run.cache.get(key)
+    if hit is not None:
+        return hit
+    base = make_base_dataset(run, data, list(frame_dirs))
+    x = torch.stack([base[i][0] for i in range(len(base))])  # [n, M, T, V, 3]
+    act = token_saliency(run, x, [layer])
+    depth = len(getattr(run.model.backbone, "blocks_st", [None]))
+    result = {"activation": act[layer % depth], "logits": _forward(run, x)[0].numpy(),
+              "labels": np.asarray(base.labels, dtype=np.int64), "frame_dir": np.asarray(base.names)}  # fmt: skip
+    run.cache.put(key, result)
+    return result
+
+
+def label_names_for(run: RunContext, data: DataContext) -> list[str]:
+    """Class names: the checkpoint's, else the index's."""
+    return list(run.label_names) if run.label_names else label_names_of(data.index)
+
+
+def describe(pert: Perturbation) -> str:
+    """A short human label, e.g. 'gaussian σ=0.005'."""
+    if pert.kind in ("gaussian", "spatial"):
+        return f"{pert.kind} σ={pert.value:g}"
+    if pert.kind in ("shift", "mask_targeted", "mask_random"):
+        return f"{pert.kind} k={int(pert.value)}"
+    if pert.kind in ("deletion", "insertion"):
+        return f"{pert.kind} (saliency {pert.layer}, {pert.steps} steps)"
+    return "clean"

@@ -1,0 +1,128 @@
+"""Perturbations of METHOD §8 on hand-made inputs: identities, invariants, and where they plug in."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.helpers import make_record
+from recognition import perturb
+from recognition.preprocess import PreprocessOptions, normalize_screen, preprocess_clip
+
+
+def _screen(M: int = 2, T: int = 5) -> np.ndarray:
+    return np.random.default_rng(0).uniform(-0.8, 0.8, size=(M, T, 17, 2))
+
+
+def _model_input(M: int = 2, T: int = 6) -> np.ndarray:
+    """A model-input clip [M, T, 17, 3] whose person 1 is the padded one (conf 0)."""
+    rng = np.random.default_rng(1)
+    x = np.zeros((M, T, 17, 3), dtype=np.float32)
+    x[0, ..., :2] = rng.uniform(-0.5, 0.5, size=(T, 17, 2))
+    x[0, ..., 2] = rng.uniform(0.2, 1.0, size=(T, 17))
+    if M > 1:
+        x[1, ..., :2] = -0.3  # what crop_scale makes of an all-zero person: coordinates, conf 0
+    return x
+
+
+@pytest.mark.parametrize("fn", [perturb.gaussian_noise, perturb.spatial_noise])
+def test_sigma_zero_is_identity(fn):
+    xy = _screen()
+    rng = np.random.default_rng(0)
+    out = fn(xy, 0.0, rng, per_person=True)
+    np.testing.assert_array_equal(out, xy)
+    assert rng.random() == np.random.default_rng(0).random()  # no draw consumed
+
+
+def test_gaussian_noise_per_person_and_broadcast():
+    xy = _screen()
+    own = perturb.gaussian_noise(xy, 0.01, np.random.default_rng(3), per_person=True) - xy
+    shared = perturb.gaussian_noise(xy, 0.01, np.random.default_rng(3), per_person=False) - xy
+    assert not np.allclose(own[0], own[1])
+    np.testing.assert_allclose(shared[0], shared[1], atol=1e-12)  # F6: the same tensor on both persons
+    assert 0.007 < own.std() < 0.013
+
+
+def test_spatial_noise_is_constant_over_time_and_independent_per_person():
+    xy = _screen(T=7)
+    d = perturb.spatial_noise(xy, 0.02, np.random.default_rng(5)) - xy  # [M, T, V, 2]
+    np.testing.assert_allclose(d, np.broadcast_to(d[:, :1], d.shape), atol=1e-12)
+    assert np.abs(d).max() > 0 and not np.allclose(d[0, 0], d[1, 0])
+    shared = perturb.spatial_noise(xy, 0.02, np.random.default_rng(5), per_person=False) - xy
+    np.testing.assert_allclose(shared[0], shared[1], atol=1e-12)
+    clipped = perturb.spatial_noise(np.full((1, 3, 17, 2), 0.999), 1.0, np.random.default_rng(0))
+    assert clipped.max() <= 1.0 and clipped.min() >= -1.0
+    with pytest.raises(ValueError, match="sigma"):
+        perturb.spatial_noise(xy, -1.0, np.random.default_rng(0))
+
+
+def test_perturb_pixels_plugs_in_before_preprocessing():
+    """A screen-space perturbation through pixels equals preprocess_clip's own noise path (same draws)."""
+    rec = make_record(M=2, T=20, seed=2)
+    kp, score, shape = rec["keypoint"], rec["keypoint_score"], rec["img_shape"]
+    opts = PreprocessOptions(clip_len=16)
+    ident = perturb.perturb_pixels(kp, shape, lambda xy: xy)
+    np.testing.assert_allclose(ident, kp, atol=1e-9)
+    via = perturb.perturb_pixels(kp, shape, lambda xy: perturb.gaussian_noise(
+        xy, 0.01, np.random.default_rng(9), per_person=True))  # fmt: skip
+    a = preprocess_clip(via, score, shape, train=False, opts=opts, rng=None)
+    b = preprocess_clip(kp, score, shape, train=False, opts=opts, rng=np.random.default_rng(9), noise_sigma=0.01)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    assert not np.allclose(a, preprocess_clip(kp, score, shape, train=False, opts=opts, rng=None))
+    np.testing.assert_allclose(normalize_screen(via, shape), perturb.gaussian_noise(
+        normalize_screen(kp, shape), 0.01, np.random.default_rng(9), per_person=True), atol=1e-12)  # fmt: skip
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 10])
+def test_shifted_joints_stay_in_the_box_and_exactly_k_move(k):
+    x = _model_input()
+    out, joints = perturb.shift_joints(x, k, np.random.default_rng(k))
+    assert len(joints) == k == len(set(joints.tolist()))
+    moved = np.any(out[..., :2] != x[..., :2], axis=-1)  # [M, T, V]
+    for t in range(x.shape[1]):
+        assert sorted(np.flatnonzero(moved[0, t]).tolist()) == joints.tolist()  # the same k joints every frame
+        lo, hi = x[0, t, :, :2].min(0), x[0, t, :, :2].max(0)
+        assert np.all(out[0, t, joints, :2] >= lo) and np.all(out[0, t, joints, :2] <= hi)
+    assert not moved[1].any()  # the padded person (no valid joint) is left alone
+    np.testing.assert_array_equal(out[..., 2], x[..., 2])  # confidences kept
+    assert out.dtype == x.dtype
+    again, _ = perturb.shift_joints(x, k, np.random.default_rng(k))
+    np.testing.assert_array_equal(out, again)  # seeded
+
+
+def test_shifted_joints_box_uses_valid_joints_only():
+    x = _model_input(M=1, T=1)
+    x[0, 0, 0] = [0.9, 0.9, 0.0]  # an invalid joint far outside: not part of the box
+    out, joints = perturb.shift_joints(x, 17, np.random.default_rng(0))
+    valid = x[0, 0, 1:, :2]
+    assert np.all(out[0, 0, :, :2] >= valid.min(0)) and np.all(out[0, 0, :, :2] <= valid.max(0))
+    out0, none = perturb.shift_joints(x, 0, np.random.default_rng(0))
+    assert len(none) == 0 and np.array_equal(out0, x)
+    with pytest.raises(ValueError, match="k must be"):
+        perturb.shift_joints(x, 18, np.random.default_rng(0))
+
+
+def test_targeted_masking_removes_the_highest_attention_joints():
+    scores = np.zeros((1, 2, 17))  # [M, T, V]
+    scores[0, 0, [4, 9, 2]] = [3.0, 2.0, 1.0]
+    scores[0, 1, [16, 0]] = [5.0, 4.0]
+    mask = perturb.top_k_joint_mask(scores, 2)
+    assert np.flatnonzero(mask[0, 0]).tolist() == [4, 9]
+    assert np.flatnonzero(mask[0, 1]).tolist() == [0, 16]
+    assert mask.sum() == 4 and not perturb.top_k_joint_mask(scores, 0).any()
+    x = np.ones((1, 2, 17, 3), dtype=np.float32)
+    out = perturb.zero_tokens(x, mask)
+    assert np.all(out[0, 0, [4, 9]] == 0) and np.all(out[0, 0, 2] == 1) and out.sum() == x.sum() - 4 * 3
+    rnd = perturb.random_joint_mask((2, 5, 17), 3, np.random.default_rng(0))
+    assert np.all(rnd.sum(-1) == 3)
+    with pytest.raises(ValueError, match="k must be"):
+        perturb.top_k_joint_mask(scores, 18)
+
+
+def test_rise_units_ranked_by_saliency():
+    sal = np.array([[[[0.1, 0.9, 0.5]]]])  # [N=1, M=1, T=1, V=3]
+    ranks, units = perturb.token_ranks(sal, np.array([[[[True, True, False]]]]))
+    assert ranks.ravel().tolist() == [1, 0, 2] and units.tolist() == [2]
+    assert perturb.first_units_mask(ranks, units, 0, 2).sum() == 0
+    assert perturb.first_units_mask(ranks, units, 1, 2).ravel().tolist() == [False, True, False]
+    assert perturb.first_units_mask(ranks, units, 2, 2).ravel().tolist() == [True, True, False]
