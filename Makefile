@@ -32,6 +32,9 @@ POSES_DIR ?= $(ART)/poses/$(DATASET)/$(ESTIMATOR)
 PYTEST_ARGS ?=
 
 REC_SRC := $(shell find recognition pipeline -name '*.py' 2>/dev/null)
+# what a training run depends on: not the report or predict code
+TRAIN_SRC := $(filter-out recognition/report.py recognition/robustness.py recognition/diagnostics.py \
+  recognition/perturb.py recognition/predict.py,$(REC_SRC))
 DEMO_DATA := $(ART)/datasets/mocap15.pkl
 DEMO_REPORT := $(ART)/reports/demo
 # `make report`: run directories (each with best.pt), pose indexes (the first is swept), config, output folder.
@@ -171,10 +174,10 @@ $(ART)/runs/%/frozen.yaml: FORCE | $(STAMP)
 	@$(PY) -m pipeline freeze-config configs/recognition/$(patsubst %_$(SPLIT),%,$*).yaml \
 	  $(if $(filter $(MODEL)$(BB_TAG)_$(DATASET)_$(SPLIT),$*),$(SET_ARGS)) --out $@
 
-$(BASE_RUN)/best.pt: $(BASE_RUN)/frozen.yaml $(INDEX) $(REC_SRC)
+$(BASE_RUN)/best.pt: $(BASE_RUN)/frozen.yaml $(INDEX) $(TRAIN_SRC)
 	$(PY) -m recognition train --config $< --data $(INDEX) --split $(SPLIT) --out $(@D) --device $(DEVICE)
 
-$(MCLR_RUN)/best.pt: $(MCLR_RUN)/frozen.yaml $(BASE_RUN)/best.pt $(INDEX) $(REC_SRC)
+$(MCLR_RUN)/best.pt: $(MCLR_RUN)/frozen.yaml $(BASE_RUN)/best.pt $(INDEX) $(TRAIN_SRC)
 	$(PY) -m recognition train --config $< --data $(INDEX) --split $(SPLIT) --out $(@D) --device $(DEVICE) \
 	  --init $(BASE_RUN)/best.pt
 
