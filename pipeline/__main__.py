@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from pipeline.cli import run_cli
 from pipeline import schema
 from pipeline.atomic import atomic_write_text, write_text_if_changed
 from pipeline.config import ConfigError, dump_yaml, load_config, resolve_raw
@@ -138,14 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)  # fmt: skip
-    try:
-        return args.func(args)
-    except (schema.SchemaError, schema.UnsafePickleError, ConfigError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return run_cli(build_parser(), argv, (schema.SchemaError, schema.UnsafePickleError, ConfigError, ImportError))
 
 
 if __name__ == "__main__":

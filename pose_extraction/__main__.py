@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from pipeline.cli import run_cli
 from pipeline.atomic import write_text_if_changed
 from pipeline.config import ConfigError, dump_yaml, load_config, to_dict
 from pipeline.schema import SchemaError, read_record
@@ -202,16 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)  # fmt: skip
-    try:
-        return args.func(args)
-    except (ConfigError, SchemaError, ValueError, KeyError, RuntimeError, ImportError, OSError) as exc:
-        if args.verbose:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return run_cli(build_parser(), argv, (ConfigError, SchemaError, ValueError, KeyError, RuntimeError, ImportError, OSError))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from pipeline.cli import run_cli
 from pipeline.config import ConfigError, load_config
 from pipeline.schema import SchemaError, UnsafePickleError
 from recognition.checkpoint_import import CheckpointError
@@ -135,17 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)  # fmt: skip
-    try:
-        return args.func(args)
-    except (ConfigError, SchemaError, UnsafePickleError, CheckpointError, ValueError, KeyError, RuntimeError,
-            FileNotFoundError) as exc:
-        if args.verbose:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return run_cli(build_parser(), argv, (ConfigError, SchemaError, UnsafePickleError, CheckpointError, ValueError, KeyError, RuntimeError,
+            FileNotFoundError))
 
 
 if __name__ == "__main__":
