@@ -99,10 +99,11 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 def _parse_boxes(text: str) -> np.ndarray:
     try:
         boxes = [[float(v) for v in part.split(",")] for part in text.split(";") if part.strip()]
-        arr = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     except ValueError:
-        raise ValueError(f"--boxes expects x1,y1,x2,y2;... got {text!r}") from None
-    return arr
+        boxes = [[]]
+    if not boxes or any(len(b) != 4 for b in boxes):
+        raise ValueError(f"--boxes expects x1,y1,x2,y2;... got {text!r}")
+    return np.asarray(boxes, dtype=np.float32)
 
 
 def _cmd_image(args: argparse.Namespace) -> int:
@@ -113,13 +114,14 @@ def _cmd_image(args: argparse.Namespace) -> int:
     img = cv2.imread(args.image, cv2.IMREAD_COLOR)
     if img is None:
         raise ValueError(f"{args.image}: cannot read image")
+    given = _parse_boxes(args.boxes) if args.boxes else None  # bad boxes fail before any model loads
     rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    cfg = load_config(PoseConfig, None, [f"estimator={args.estimator}", f"device={args.device}"] +
-                      ([f"weights={args.weights}"] if args.weights else []))  # fmt: skip
+    sets = list(args.set) + [f"estimator={args.estimator}", f"device={args.device}"]
+    cfg = load_config(PoseConfig, args.config, sets + ([f"weights={args.weights}"] if args.weights else []))
     estimator = build_estimator_from(cfg)
     if getattr(estimator, "needs_boxes", True):
-        if args.boxes:
-            boxes = _parse_boxes(args.boxes)
+        if given is not None:
+            boxes = given
             box_scores = np.ones(len(boxes), np.float32)
         else:
             boxes, box_scores = build_detector_from(cfg).detect([rgb])[0]
@@ -185,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True)
+    p.add_argument("--config", default=None, help="YAML with PoseConfig fields")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=_cmd_image)
 
     p = sub.add_parser("weights", help="fetch official weights into the local cache, or import a file")
