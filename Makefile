@@ -111,7 +111,7 @@ demo: ## the whole chain on the embedded mocap15 dataset, offline, CPU, ending w
 	@echo "demo outputs:"
 	@echo "  dataset   $(DEMO_DATA)  ($$(cat $(DEMO_DATA).valid))"
 	@for m in motionbert maskclr; do r=$(ART)/runs/$${m}_mocap15_xview; \
-	  echo "  $$m  $$r/  (val top-1 $$($(PY) -c "import json,sys; print(json.load(open(sys.argv[1]))['top1'])" $$r/eval_xview_val/metrics.json) %)"; done
+	  echo "  $$m  $$r/  (val top-1 $$($(PY) -c "import json,sys; print(f\"{json.load(open(sys.argv[1]))['top1']:.2f}\")" $$r/eval_xview_val/metrics.json) %)"; done
 	@echo "  report    $(DEMO_REPORT)/report.html"
 	@echo "  predict   $(DEMO_PRED)/labels.csv, labels.json, *.overlay.mp4  (MaskCLR model on the demo videos)"
 	@echo "  stage 1   $(DEMO_OVERLAYS)/  (BlazePose on real clips + rendered mocap15; records in $(DEMO_POSES)/)"
