@@ -89,7 +89,7 @@ POSE_SET = $(if $(filter blazepose,$(ESTIMATOR)),--set tracking.max_persons=1)
 .PHONY: help
 help: ## list the verbs
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort \
-	  | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
+	  | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-16s %s\n", $$1, $$2}'
 
 .PHONY: test
 test: $(STAMP) ## run the default test suite (not slow, not gpu); the README's test command

@@ -45,6 +45,28 @@ def test_newcomer_errors_are_one_line():
     assert res.returncode != 0 and "no config configs/recognition/motionbert_nope.yaml" in res.stderr
 
 
+def test_device_cuda_without_a_gpu_is_one_line(tmp_path):
+    """DEVICE=cuda with no visible GPU: training and extraction stop at once with one line
+    saying what to do (CUDA_VISIBLE_DEVICES='' hides any GPU, so this holds on GPU machines)."""
+    import sys
+
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    (tmp_path / "w.pth").write_bytes(b"")
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos/a.mp4").write_bytes(b"")
+    for argv in (["recognition", "train", "--config", "configs/recognition/motionbert_mocap15.yaml",
+                  "--data", str(tmp_path / "none.pkl"), "--split", "xview", "--out", str(tmp_path / "run"),
+                  "--device", "cuda"],
+                 ["pose_extraction", "extract", "--estimator", "hrnet", "--videos", str(tmp_path / "videos"),
+                  "--out", str(tmp_path / "poses"), "--device", "cuda", "--set", f"weights={tmp_path / 'w.pth'}"]):
+        res = subprocess.run([sys.executable, "-m", *argv], cwd=REPO, capture_output=True, text=True, env=env,
+                             timeout=300)  # fmt: skip
+        err = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        assert res.returncode == 1 and len(err) == 1, res.stderr
+        assert "DEVICE=cuda but no CUDA GPU is visible; use DEVICE=cpu (or auto)" in err[0]
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
 def test_dataset_build_then_noop(tmp_path):
     art = tmp_path / "art"
     target = f"{art}/datasets/mocap15.pkl.valid"
