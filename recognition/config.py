@@ -1,7 +1,7 @@
 """Stage-2 run configuration: frozen dataclasses whose defaults are MotionBERT's action recipe.
 
 A YAML under `configs/recognition/` lists only what differs; `--set a.b=v` overrides it.
-`faithful: true` switches every item of METHOD.md's faithful table (F1-F8) to the official
+`faithful: true` switches every item of METHOD.md's faithful table (F1-F9) to the official
 code's behaviour, whatever the individual keys say; `resolve()` applies it, and the resolved
 values are what runs, what is written to `config.yaml` and what checkpoints embed.
 """
@@ -24,6 +24,7 @@ class ModelConfig:
     hidden_dim: int = 2048
     dropout: float = 0.5
     maxlen: int = 243
+    faithful_residual_bug: bool = False  # F9, transformer backbone only: the MaskCLR port's x = 2·attn(x)
 
 
 @dataclass(frozen=True)
@@ -79,13 +80,17 @@ class TrainConfig:
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
-    """Apply `faithful: true` (official behaviour for F1-F8) and check cross-field rules."""
+    """Apply `faithful: true` (official behaviour for F1-F9) and check cross-field rules."""
     if cfg.data.clip_len > cfg.model.maxlen:
         raise ValueError(f"data.clip_len {cfg.data.clip_len} exceeds model.maxlen {cfg.model.maxlen}")
     if cfg.maskclr.sc_p_dim not in (0, 1):
         raise ValueError(f"maskclr.sc_p_dim must be 0 or 1, got {cfg.maskclr.sc_p_dim}")
+    if cfg.model.faithful_residual_bug and cfg.model.backbone != "transformer":
+        raise ValueError(f"model.faithful_residual_bug (F9) exists only for the transformer backbone, "
+                         f"not {cfg.model.backbone!r}")  # fmt: skip
     if not cfg.faithful:
         return cfg
+    model = dataclasses.replace(cfg.model, faithful_residual_bug=cfg.model.backbone == "transformer")
     data = dataclasses.replace(cfg.data, conf_order="coco", track_swaps_conf=False, resample_per_item=False)
     mclr = dataclasses.replace(cfg.maskclr, sc_p_dim=0, cc_detach=True, cc_update_on_val=True, supcon_rowmax=True)
-    return dataclasses.replace(cfg, data=data, maskclr=mclr, noise_per_person=False)
+    return dataclasses.replace(cfg, model=model, data=data, maskclr=mclr, noise_per_person=False)

@@ -106,18 +106,18 @@ def make_dataset(cfg: TrainConfig, index: dict, split: str, *, train: bool, num_
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> ActionModel:
-    m = cfg.model
-    return build_action_model(
-        num_classes=num_classes, backbone=m.backbone, preset=m.preset, hidden_dim=m.hidden_dim,
-        dropout=m.dropout, maxlen=m.maxlen, use_mask_token=cfg.maskclr.enabled and cfg.maskclr.masking == "agpm",
-    )  # fmt: skip
+    return build_action_model(**model_config_of(cfg, num_classes))
 
 
 def model_config_of(cfg: TrainConfig, num_classes: int) -> dict:
+    """`build_action_model` keyword arguments; what checkpoints store to rebuild the model."""
     m = cfg.model
-    return dict(num_classes=num_classes, backbone=m.backbone, preset=m.preset, hidden_dim=m.hidden_dim,
-                dropout=m.dropout, maxlen=m.maxlen,
-                use_mask_token=cfg.maskclr.enabled and cfg.maskclr.masking == "agpm")  # fmt: skip
+    out = dict(num_classes=num_classes, backbone=m.backbone, preset=m.preset, hidden_dim=m.hidden_dim,
+               dropout=m.dropout, maxlen=m.maxlen,
+               use_mask_token=cfg.maskclr.enabled and cfg.maskclr.masking == "agpm")  # fmt: skip
+    if m.faithful_residual_bug:  # F9; absent otherwise, so other runs' model configs are unchanged
+        out["backbone_options"] = {"faithful_residual_bug": True}
+    return out
 
 
 def make_optimizer(cfg: TrainConfig, model: ActionModel):

@@ -106,6 +106,7 @@ def build_action_model(
     depth: int | None = None,
     num_heads: int | None = None,
     mlp_ratio: float | None = None,
+    backbone_options: dict | None = None,
 ) -> ActionModel:
     """Build a backbone from a size preset plus the action head.
 
@@ -119,13 +120,16 @@ def build_action_model(
         maxlen: longest sequence (size of the temporal embedding).
         num_joints: V.
         dim_feat, dim_rep, depth, num_heads, mlp_ratio: override the preset's value when not None.
+        backbone_options: further keyword arguments of the backbone class (e.g. the transformer's
+            `faithful_residual_bug`, METHOD switch F9).
     """
     backbone_cls = get_backbone_class(backbone)
     if preset not in backbone_cls.PRESETS:
         raise KeyError(f"unknown preset {preset!r} for backbone {backbone!r}; valid: {sorted(backbone_cls.PRESETS)}")
     overrides = dict(dim_feat=dim_feat, dim_rep=dim_rep, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio)
     size = {**backbone_cls.PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
-    net = backbone_cls(**size, num_joints=num_joints, maxlen=maxlen, use_mask_token=use_mask_token)
+    net = backbone_cls(**size, num_joints=num_joints, maxlen=maxlen, use_mask_token=use_mask_token,
+                       **(backbone_options or {}))  # fmt: skip
     head = ActionHead(
         num_classes=num_classes, dim_rep=size["dim_rep"], num_joints=num_joints, hidden_dim=hidden_dim, dropout=dropout
     )

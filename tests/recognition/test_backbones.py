@@ -177,6 +177,41 @@ def test_transformer_residual_bug_flag_changes_the_output() -> None:
         assert not torch.allclose(fixed(x), buggy(x), atol=1e-3)
 
 
+def test_faithful_switches_the_transformer_residual_bug(tmp_path) -> None:
+    """F9 through the run config: `faithful: true` builds the transformer with the port's
+    x = 2·attn(x), records it in the checkpoint's model config (so evaluate/predict rebuild the
+    same model), and leaves other backbones and non-faithful runs untouched."""
+    from recognition.checkpoint import build_model_from_checkpoint, save_checkpoint
+    from recognition.config import resolve
+    from recognition.train import build_model, model_config_of
+
+    from recognition.preprocess import PreprocessOptions
+
+    tiny = ModelConfig(backbone="transformer", preset="tiny", hidden_dim=16, maxlen=16)
+    data = PreprocessOptions(clip_len=16)
+    cfg = resolve(TrainConfig(faithful=True, model=tiny, data=data))
+    assert cfg.model.faithful_residual_bug
+    model = build_model(cfg, 3)
+    assert all(b.residual_bug for b in model.backbone.blocks)
+    mcfg = model_config_of(cfg, 3)
+    assert mcfg["backbone_options"] == {"faithful_residual_bug": True}
+    save_checkpoint(tmp_path / "ck.pt", {"model_state": model.state_dict(), "model_config": mcfg,
+                                         "run_config": None, "label_names": ["a", "b", "c"], "epoch": 0})  # fmt: skip
+    again, _ = build_model_from_checkpoint(tmp_path / "ck.pt")
+    assert all(b.residual_bug for b in again.backbone.blocks)
+    x = torch.randn(1, 2, 16, V, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x).logits, model.eval()(x).logits)
+
+    plain = resolve(TrainConfig(model=tiny, data=data))
+    assert not plain.model.faithful_residual_bug and "backbone_options" not in model_config_of(plain, 3)
+    assert not any(b.residual_bug for b in build_model(plain, 3).backbone.blocks)
+    dst = resolve(TrainConfig(faithful=True, model=ModelConfig(preset="tiny", hidden_dim=16, maxlen=16), data=data))
+    assert not dst.model.faithful_residual_bug and "backbone_options" not in model_config_of(dst, 3)
+    with pytest.raises(ValueError, match="only for the transformer backbone"):
+        resolve(TrainConfig(model=ModelConfig(faithful_residual_bug=True)))
+
+
 def test_sttformer_attention_layout() -> None:
     """attn[b, t, h, i, j] = A_h[f·V + j, i] of the last block, f = t mod len_parts; padded frames cropped."""
     net = tiny_backbone("sttformer").eval()  # len_parts 4
