@@ -11,31 +11,28 @@ Run A is the first `--runs` entry: failure-analysis tables rank by it and give t
 Evaluations are cached in `OUT/cache/` (`recognition.robustness`); every output is rewritten only when its bytes
 change, so a re-run with nothing changed changes no file. Each section of `report.html` prints the command that
 regenerates its numbers (`... --only <section>`, which rewrites only that section's CSV and figure and prints the
-CSV), and the page embeds the report config and every run's config.
+CSV), and the page embeds the report config and every run's config. Rendering (CSV, PNG, `report.html`) is in
+`recognition.report_page`; this module computes the sections.
 """
 from __future__ import annotations
 
-import base64
-import csv
 import hashlib
-import html
-import io
 import json
 import logging
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline.atomic import atomic_write_bytes
 from pipeline.config import dump_yaml, to_dict
 from pipeline.schema import COCO17_JOINTS
 from recognition import diagnostics as dg
 from recognition.data import split_frame_dirs
 from recognition.perturb import gaussian_noise
 from recognition.preprocess import normalize_screen
+from recognition.report_page import Section, csv_bytes, png_bytes, pyplot, render_html, write_if_changed
 from recognition.robustness import (DataContext, Perturbation, ResultCache, RunContext, attention_maps,
                                     evaluate_many, label_names_for)  # fmt: skip
 from recognition.train import pick_device
@@ -114,20 +111,6 @@ class ReportConfig:
             raise ValueError("rise_steps, top_pairs and batch_size must be >= 1, rise_clips >= 0")
 
 
-@dataclass
-class Section:
-    """One block of the report: a table (CSV) and/or a figure (PNG), text and the metrics it adds."""
-
-    name: str
-    title: str
-    text: str = ""
-    header: list[str] | None = None
-    rows: list[list] | None = None
-    figure: bytes | None = None
-    metrics: dict = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)  # extra commands or remarks shown under the table
-
-
 def _top1(res: dict) -> float:
     return float(100.0 * np.mean(res["logits"].argmax(1) == res["labels"])) if len(res["labels"]) else 0.0
 
@@ -136,39 +119,6 @@ def _prob_of(res: dict, cls: np.ndarray) -> float:
     z = res["logits"] - res["logits"].max(1, keepdims=True)
     p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
     return float(np.mean(p[np.arange(len(cls)), cls]))
-
-
-def _fmt(v) -> str:
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return ""
-    if isinstance(v, (float, np.floating)):
-        return f"{v:.4f}"
-    return str(v)
-
-
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _write_if_changed(path: Path, data: bytes) -> bool:
-    if path.is_file() and path.read_bytes() == data:
-        return False
-    atomic_write_bytes(path, data)
-    return True
 
 
 class Report:
@@ -211,7 +161,7 @@ class Report:
         return rows, metrics
 
     def curve_figure(self, xs: list, metrics: dict, *, xlabel: str, title: str, categorical: bool) -> bytes:
-        plt = _pyplot()
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(6.4, 3.8))
         pos = np.arange(len(xs)) if categorical else np.asarray(xs, dtype=float)
         for run in self.runs:
@@ -225,7 +175,7 @@ class Report:
         ax.set(xlabel=xlabel, ylabel="top-1 accuracy (%)", title=title, ylim=(0, 100))
         ax.grid(alpha=0.3)
         ax.legend()
-        return _png(fig)
+        return png_bytes(fig)
 
     # -- sections ------------------------------------------------------------------------------------------------
     def section(self, name: str) -> Section:
@@ -295,7 +245,7 @@ class Report:
     def _masking(self) -> Section:
         ks, seeds = list(self.cfg.mask_ks), self.cfg.seeds
         rows, metrics = [], {}
-        plt = _pyplot()
+        plt = pyplot()
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
         colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
         for ri, run in enumerate(self.runs):
@@ -332,7 +282,7 @@ class Report:
                        "clean pass (targeted) or of k random joints (random, mean over seeds), in model-input space "
                        "(METHOD §8 d). `prob` is the mean softmax probability of the clean-predicted class; the rows "
                        "k = AUC give the normalised area under each curve over k (RISE formula, trapezoid).",
-                       ["run", "method", "k", "top1", "prob"], rows, _png(fig), metrics)  # fmt: skip
+                       ["run", "method", "k", "top1", "prob"], rows, png_bytes(fig), metrics)  # fmt: skip
 
     def _deletion_insertion(self) -> Section:
         steps, cfg = self.cfg.rise_steps, self.cfg
@@ -343,7 +293,7 @@ class Report:
             pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(clips))[: cfg.rise_clips])
             clips = [clips[i] for i in pick]
         rows, metrics = [], {"clips": len(clips)}
-        plt = _pyplot()
+        plt = pyplot()
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
         frac = np.linspace(0, 1, steps + 1)
         colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -377,7 +327,7 @@ class Report:
                        f"insertion starts from the all-zero input. Score: softmax probability of the "
                        f"clean-predicted class. "
                        f"AUC = (Σ s_i − s_0/2 − s_n/2) / n (METHOD §8 e).",
-                       ["run", "saliency", "deletion_auc", "insertion_auc"], rows, _png(fig), metrics)  # fmt: skip
+                       ["run", "saliency", "deletion_auc", "insertion_auc"], rows, png_bytes(fig), metrics)  # fmt: skip
 
     def _conditions(self) -> dict[str, dict[str, dict]]:
         """{condition: {run: result}} for the clean and the noisy failure analysis (first seed)."""
@@ -438,7 +388,7 @@ class Report:
 
     def _confusion_matrices(self) -> Section:
         confs = self._confusions()
-        plt = _pyplot()
+        plt = pyplot()
         c = len(self.label_names)
         fig, axes = plt.subplots(len(confs), len(self.runs), figsize=(4.4 * len(self.runs), 4.4 * len(confs)),
                                  squeeze=False, layout="constrained")  # fmt: skip
@@ -455,10 +405,10 @@ class Report:
                 ax.set(xlabel="predicted", ylabel="true")
         metrics = {cond: {name: conf.tolist() for name, conf in per.items()} for cond, per in confs.items()}
         return Section("confusion_matrices", "Confusion matrices",
-                       "Rows = true class, normalised per row.", figure=_png(fig), metrics=metrics)  # fmt: skip
+                       "Rows = true class, normalised per row.", figure=png_bytes(fig), metrics=metrics)  # fmt: skip
 
     def _tsne(self) -> Section:
-        plt = _pyplot()
+        plt = pyplot()
         fig, axes = plt.subplots(1, len(self.runs), figsize=(4.8 * len(self.runs), 4.4), squeeze=False)
         metrics = {}
         for ax, run in zip(axes[0], self.runs):
@@ -486,7 +436,7 @@ class Report:
         return Section("tsne", "t-SNE of the hidden features",
                        f"scikit-learn t-SNE (perplexity {self.cfg.tsne_perplexity:g}, PCA init, seed {self.cfg.seed}) "
                        f"of the head's hidden feature h on clean clips, coloured by true class.",
-                       figure=_png(fig), metrics=metrics)  # fmt: skip
+                       figure=png_bytes(fig), metrics=metrics)  # fmt: skip
 
     def _pick_attention_clips(self) -> list[str]:
         if self.cfg.attention_clips:
@@ -500,7 +450,7 @@ class Report:
 
     def _attention(self) -> Section:
         clips = self._pick_attention_clips()
-        plt = _pyplot()
+        plt = pyplot()
         fig, axes = plt.subplots(len(clips), len(self.runs), figsize=(5.8 * len(self.runs), 3.4 * len(clips)),
                                  squeeze=False, layout="constrained")  # fmt: skip
         metrics = {}
@@ -521,7 +471,7 @@ class Report:
         return Section("attention", "Attention over time",
                        "Attention each joint receives in the last layer's spatial attention (heads averaged, summed "
                        "over queries, METHOD §5.1), person 0, clean input; joints × frames, runs side by side (the "
-                       "seed's Figure 9). Clips: " + ", ".join(clips) + ".", figure=_png(fig), metrics=metrics)
+                       "seed's Figure 9). Clips: " + ", ".join(clips) + ".", figure=png_bytes(fig), metrics=metrics)
 
     def _cross_estimator(self) -> Section:
         if len(self.data) < 2:
@@ -573,7 +523,7 @@ class Report:
         score = np.asarray(rec["keypoint_score"])
         t = xy.shape[1] // 2
         sigmas = self.cfg.noisy_clip_sigmas
-        plt = _pyplot()
+        plt = pyplot()
         fig, axes = plt.subplots(1, len(sigmas), figsize=(4.2 * len(sigmas), 4.2), squeeze=False)
         pts = xy[:, t][score[:, t] > 0]
         lo, hi = pts.min(0), pts.max(0)
@@ -590,7 +540,7 @@ class Report:
             ax.tick_params(labelsize=7)
         return Section("noisy_clip", "One clip clean vs noisy (the seed's Figure 2)",
                        f"{name}, frame {t}, screen-normalised coordinates; Gaussian noise as in the σ sweep "
-                       f"(seed {self.cfg.seeds[0]}).", figure=_png(fig), metrics={"clip": name, "frame": int(t)})
+                       f"(seed {self.cfg.seeds[0]}).", figure=png_bytes(fig), metrics={"clip": name, "frame": int(t)})
 
 
 def _hash_array(a: np.ndarray) -> str:
@@ -601,64 +551,6 @@ def _estimator(index: dict) -> str:
     anns = index.get("annotations") or [{}]
     est = anns[0].get("estimator")
     return str(est.get("name")) if isinstance(est, dict) and est.get("name") else "unknown"
-
-
-def _csv_bytes(section: Section) -> bytes:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(section.header)
-    for row in section.rows:
-        w.writerow([_fmt(v) for v in row])
-    return buf.getvalue().encode()
-
-
-def _html_table(section: Section) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in section.header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in section.rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-_CSS = """body{font-family:sans-serif;max-width:1200px;margin:1em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;font-size:12px;margin:.5em 0}
-td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#f0f0f0}td:first-child{text-align:left}
-pre{background:#f6f6f6;padding:.5em;overflow-x:auto;font-size:12px;white-space:pre-wrap}
-img{max-width:100%;display:block;margin:.5em 0}section{border-top:1px solid #ddd;margin-top:1.5em}"""
-_SCRIPT = """window.addEventListener("load", function () {
-  var imgs = Array.prototype.slice.call(document.images);
-  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
-  document.body.setAttribute("data-images-total", String(imgs.length));
-  document.body.setAttribute("data-images-loaded", String(ok));
-});"""
-
-
-def render_html(report: Report, sections: list[Section], cfg_yaml: str) -> str:
-    """The self-contained page: tables, base64 figures, commands and configs."""
-    e = html.escape
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Robustness report</title>"
-             f"<style>{_CSS}</style><script>{_SCRIPT}</script></head><body>",
-             "<h1>Robustness report</h1>",
-             f"<p>Runs: {e(', '.join(r.name for r in report.runs))}. Data: "
-             f"{e(', '.join(str(d.path) for d in report.data))} (sweeps on {e(str(report.main.path))}, split "
-             f"{e(report.main.split)}). Device: {e(report.runs[0].device.type)}.</p>",
-             f"<p>Produced by:</p><pre>{e(shlex.join(report.command))}</pre>",
-             f"<details><summary>report config (resolved)</summary><pre>{e(cfg_yaml)}</pre></details>"]  # fmt: skip
-    for run in report.runs:
-        run_yaml = dump_yaml(run.run_config) if run.run_config else "(official checkpoint: no run config)"
-        parts.append(f"<details><summary>run {e(run.name)}: {e(str(run.checkpoint))} (sha256 {run.digest[:12]}, "
-                     f"faithful={run.cfg.faithful})</summary><pre>{e(run_yaml)}</pre></details>")  # fmt: skip
-    parts.append("<ul>" + "".join(f"<li><a href='#{s.name}'>{e(s.title)}</a></li>" for s in sections) + "</ul>")
-    for s in sections:
-        parts.append(f"<section id='{s.name}'><h2>{e(s.title)}</h2><p>{e(s.text)}</p>")
-        if s.rows is not None:
-            parts.append(_html_table(s) + f"<p>CSV: <code>{s.name}.csv</code></p>")
-        if s.figure is not None:
-            parts.append(f"<img alt='{e(s.title)}' src='data:image/png;base64,"
-                         f"{base64.b64encode(s.figure).decode()}'>")  # fmt: skip
-        parts.append(f"<p>Regenerate:</p><pre>{e(report.reproduce(s.name))}</pre>")
-        parts.extend(f"<pre>{e(n)}</pre>" for n in s.notes)
-        parts.append("</section>")
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
 
 
 def run_report(*, runs: list[str | Path], data: list[str | Path], out: str | Path, cfg: ReportConfig,
@@ -701,12 +593,12 @@ def run_report(*, runs: list[str | Path], data: list[str | Path], out: str | Pat
     written = []
     for s in sections:
         if s.rows is not None:
-            data_bytes = _csv_bytes(s)
-            if _write_if_changed(out / f"{s.name}.csv", data_bytes):
+            data_bytes = csv_bytes(s)
+            if write_if_changed(out / f"{s.name}.csv", data_bytes):
                 written.append(f"{s.name}.csv")
             if only:
                 print(data_bytes.decode(), end="")
-        if s.figure is not None and _write_if_changed(out / f"{s.name}.png", s.figure):
+        if s.figure is not None and write_if_changed(out / f"{s.name}.png", s.figure):
             written.append(f"{s.name}.png")
     metrics = {"sections": {s.name: s.metrics for s in sections}, "split": split,
                "runs": [r.name for r in contexts], "data": [str(d) for d in data]}  # fmt: skip
@@ -714,9 +606,9 @@ def run_report(*, runs: list[str | Path], data: list[str | Path], out: str | Pat
         cfg_yaml = dump_yaml(to_dict(cfg))
         metrics["config"] = to_dict(cfg)
         metrics["command"] = shlex.join(command)
-        if _write_if_changed(out / "metrics.json", (json.dumps(metrics, indent=1, sort_keys=True) + "\n").encode()):
+        if write_if_changed(out / "metrics.json", (json.dumps(metrics, indent=1, sort_keys=True) + "\n").encode()):
             written.append("metrics.json")
-        if _write_if_changed(out / "report.html", render_html(report, sections, cfg_yaml).encode()):
+        if write_if_changed(out / "report.html", render_html(report, sections, cfg_yaml).encode()):
             written.append("report.html")
     log.info("report %s: %d evaluations cached, %d computed; files changed: %s", out, cache.hits, cache.misses,
              ", ".join(written) or "none")  # fmt: skip
