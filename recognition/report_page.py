@@ -80,7 +80,8 @@ def csv_bytes(section: Section) -> bytes:
 
 def html_table(section: Section) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in section.header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt_cell(v))}</td>" for v in row) + "</tr>" for row in section.rows)
+    cells = ("".join(f"<td>{html.escape(fmt_cell(v))}</td>" for v in row) for row in section.rows)
+    body = "".join(f"<tr>{c}</tr>" for c in cells)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
