@@ -490,9 +490,7 @@ def test_image_cli_with_boxes_official_layout(name, tmp_path):
     sd = est.model.state_dict()
     ck = save_pth(tmp_path / f"{name}.pth", vitpose_from_hf(sd, "mmpose") if name == "vitpose"
                   else hrnet_from_ours(sd, "mmpose"))  # fmt: skip
-    settings = {**load_settings(name), **(TINY_VIT if name == "vitpose" else TINY_HRNET), "decoder": "classic"}
-    if name == "hrnet":
-        settings.pop("decoder")
+    settings = {**load_settings(name), **(TINY_VIT if name == "vitpose" else TINY_HRNET)}  # ViTPose: classic decoder
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({k: list(v) if isinstance(v, tuple) else v
                                                         for k, v in settings.items()}))  # fmt: skip
     rng = np.random.default_rng(7)
