@@ -208,12 +208,17 @@ $(DEMO_PRED)/labels.csv: $(ART)/runs/maskclr_mocap15_xview/best.pt $(DEMO_STAGE1
 	$(PY) -m recognition predict --video $(DEMO_VIDEOS) --run $(ART)/runs/maskclr_mocap15_xview --out $(@D) \
 	  --estimator blazepose --estimator-python $(MP_PY) --poses $(DEMO_POSES) --device $(DEVICE)
 
+# `make predict` writes under predictions/runs/<run>/<estimator>/<video name>-<hash of its absolute path>/:
+# never the demo's predictions/demo/, never another run's, estimator's or video's folder.
+PRED_RUN_TAG = $(subst /,_,$(patsubst $(ART)/runs/%,%,$(patsubst %/,%,$(PRED_RUN))))
+PRED_OUT     = $(ART)/predictions/runs/$(PRED_RUN_TAG)/$(PRED_EST)/$(notdir $(basename $(patsubst %/,%,$(VIDEO))))-$(shell printf '%s' '$(abspath $(VIDEO))' | sha1sum | cut -c1-8)
+
 .PHONY: predict
 predict: $(STAMP) ## one video (or folder) to action labels: VIDEO=clip.mp4 RUN=artifacts/runs/X [ESTIMATOR=blazepose]
 	@test -n "$(VIDEO)" || { echo "make predict: set VIDEO=clip.mp4 (or a folder) and RUN=artifacts/runs/<run>" >&2; exit 2; }
 	@test -f "$(PRED_RUN)/best.pt" || test -f "$(PRED_RUN)" || { echo "make predict: no trained model at $(PRED_RUN); run make demo or make train first" >&2; exit 2; }
 	@$(MAKE) --no-print-directory $(if $(filter blazepose,$(PRED_EST)),$(MP_STAMP),$(if $(filter openpifpaf,$(PRED_EST)),$(OPP_STAMP),$(STAMP)))
-	$(PY) -m recognition predict --video $(VIDEO) --run $(PRED_RUN) --out $(ART)/predictions/$(notdir $(basename $(VIDEO))) \
+	$(PY) -m recognition predict --video $(VIDEO) --run $(PRED_RUN) --out $(PRED_OUT) \
 	  --estimator $(PRED_EST) --estimator-python $(if $(filter blazepose,$(PRED_EST)),$(MP_PY),$(PY)) --device $(DEVICE)
 
 .PHONY: demo-poses

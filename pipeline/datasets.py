@@ -46,6 +46,20 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".m
                             ".flv", ".wmv"})  # fmt: skip
 
 
+def check_unique_video_ids(videos: Sequence[Path]) -> None:
+    """Two videos that would write one record (`a/clip.mp4`, `b/clip.avi`) are an error naming both.
+
+    Raises:
+        ValueError: naming both files and the shared id.
+    """
+    seen: dict[str, Path] = {}
+    for v in map(Path, videos):
+        if v.stem in seen:
+            raise ValueError(f"{seen[v.stem]} and {v}: two videos with the id {v.stem!r} would write one record "
+                             f"{v.stem}.pkl; rename one or process them into different folders")  # fmt: skip
+        seen[v.stem] = v
+
+
 class DatasetError(ValueError):
     """A dataset description (CSV, class list, option) is invalid; the message names it."""
 

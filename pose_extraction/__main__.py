@@ -1,6 +1,7 @@
 """`python -m pose_extraction <verb>`: stage 1, videos -> pose records.
 
     extract --estimator E --videos DIR_OR_LIST --out DIR [--shard i/n] [--device D] [--config YAML] [--set k=v]
+            [--no-overwrite] [--retry-failed]
     image IMAGE --estimator E [--boxes x1,y1,x2,y2;...] --out OUT.json
     weights E [--from FILE] [--role estimator|detector]
     render RECORD VIDEO OUT.mp4
@@ -23,6 +24,7 @@ from pipeline.cli import run_cli
 from pipeline.atomic import write_text_if_changed
 from pipeline.config import ConfigError, dump_yaml, load_config, to_dict
 from pipeline.schema import SchemaError, read_record
+from pipeline.datasets import check_unique_video_ids
 from pose_extraction.extract import PoseConfig, VideoExtractor, distributed_shard, run_extract
 
 log = logging.getLogger("pose_extraction")
@@ -86,13 +88,19 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
     get_estimator_class(cfg.estimator)  # an unknown name fails before any video is listed
     videos = list_videos(args.videos)
+    check_unique_video_ids(videos)  # before any model is loaded
+    shard = _parse_shard(args.shard)
     estimator = build_estimator_from(cfg)
     detector = build_detector_from(cfg) if getattr(estimator, "needs_boxes", True) else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_text_if_changed(out / "pose_config.yaml", dump_yaml(to_dict(cfg)))
-    run_extract(VideoExtractor(cfg=cfg, estimator=estimator, detector=detector), videos, out,
-                shard=_parse_shard(args.shard), max_failures=cfg.max_failures)  # fmt: skip
+    extractor = VideoExtractor(cfg=cfg, estimator=estimator, detector=detector)
+    if not args.no_overwrite:  # the records will all match it; with --no-overwrite, only if none was refused
+        write_text_if_changed(out / "pose_config.yaml", dump_yaml(to_dict(cfg)))
+    run_extract(extractor, videos, out, shard=shard, max_failures=cfg.max_failures, overwrite=not args.no_overwrite,
+                retry_failed=args.retry_failed)  # fmt: skip
+    if args.no_overwrite:
+        write_text_if_changed(out / "pose_config.yaml", dump_yaml(to_dict(cfg)))
     return 0
 
 
@@ -178,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="auto, cpu, cuda")
     p.add_argument("--config", default=None, help="YAML with PoseConfig fields")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--no-overwrite", action="store_true",
+                   help="keep records made from another video or with other settings (reported, exit 1) "
+                        "instead of extracting them again")  # fmt: skip
+    p.add_argument("--retry-failed", action="store_true", help="extract again the videos listed in failures.jsonl")
     p.set_defaults(func=_cmd_extract)
 
     p = sub.add_parser("image", help="one image -> keypoints JSON")

@@ -3,28 +3,35 @@
 Per video: stream frames in chunks (background decode), detect persons (top-down estimators),
 estimate keypoints for all boxes of a chunk in batched forwards, then track persons across the
 whole video and keep the M best tracks (`tracking.py`). The record is validated and written
-atomically, so a killed run leaves no partial record; an existing record that validates is
-skipped (resume). A failing video is logged to `OUT/failures.jsonl` and the run goes on; the
-run fails at the end if any video failed beyond `max_failures`. Under `torchrun` (or with
-`shard=(i, n)`) each rank takes every n-th video.
+atomically, so a killed run leaves no partial record.
+
+The output folder is a cache keyed on content (`pose_extraction/cache.py`): a record is reused
+only if it was made from the same video with the same estimator, weights and settings; anything
+else is extracted again (or, with `overwrite=False`, kept and reported with what differs). Two
+videos with one id (`clip.mp4`, `clip.avi`) are an error before any work. A failing video gets a
+failure marker and a line in `OUT/failures.jsonl`, and is not retried on resume unless
+`retry_failed`; the run fails at the end if more than `max_failures` of its videos have failed.
+Any number of processes may share one folder (per-video claims); under `torchrun` (or with
+`shard=(i, n)`) each rank also takes only every n-th video.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
 import traceback
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from pipeline.atomic import atomic_write_text
-from pipeline.schema import SCHEMA_VERSION, SchemaError, read_record, write_record
+from pipeline.datasets import check_unique_video_ids
+from pipeline.schema import SCHEMA_VERSION, read_record, write_record
+from pose_extraction import cache
 from pose_extraction.tracking import TrackingConfig, track_persons
 
 log = logging.getLogger(__name__)
@@ -53,15 +60,30 @@ class PoseConfig:
     estimator: str = "vitpose"
     weights: str = ""  # empty: the local cache (make weights ESTIMATOR=...)
     device: str = "auto"
-    reader: str = "opencv"
+    reader: Literal["opencv", "pyav", "decord"] = "opencv"
     chunk_size: int = 32
     batch_size: int = 32
     flip_test: bool = True
     estimator_settings: str = ""  # YAML of estimator settings; empty: configs/estimators/<estimator>.yaml
     max_failures: int = 0  # failed videos tolerated before the run exits non-zero
+    video_key: Literal["stat", "sha256"] = "stat"  # a video's identity in the cache key (cache.py)
     extractor_version: int = EXTRACTOR_VERSION
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:  # bad settings fail before any video is read
+        for name in ("chunk_size", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_failures < 0:
+            raise ValueError(f"max_failures must be >= 0, got {self.max_failures}")
+        d = self.detector
+        if not 0.0 <= d.score_threshold <= 1.0:
+            raise ValueError(f"detector.score_threshold must be in [0, 1], got {d.score_threshold}")
+        if d.min_area < 0 or d.batch_size < 1:
+            raise ValueError(f"detector: need min_area >= 0 and batch_size >= 1, got {d.min_area}, {d.batch_size}")
+        if self.tracking.max_persons < 1:
+            raise ValueError(f"tracking.max_persons must be >= 1, got {self.tracking.max_persons}")
 
 
 def shard_of(items: list, shard: tuple[int, int]) -> list:
@@ -72,16 +94,15 @@ def shard_of(items: list, shard: tuple[int, int]) -> list:
     return items[i::n]
 
 
-def record_is_done(path: Path) -> bool:
-    """True if `path` holds a valid record (a corrupt or partial one is redone)."""
+def stored_record(path: Path) -> dict | None:
+    """The valid record at `path`, or None (a corrupt or partial one is redone)."""
     if not path.is_file():
-        return False
+        return None
     try:
-        read_record(path)
-    except (SchemaError, Exception) as exc:  # unreadable: extract again
+        return read_record(path)
+    except Exception as exc:  # unreadable: extract again
         log.warning("%s exists but is invalid (%s); extracting again", path, str(exc).splitlines()[0])
-        return False
-    return True
+        return None
 
 
 class VideoExtractor:
@@ -91,6 +112,38 @@ class VideoExtractor:
         if getattr(estimator, "needs_boxes", True) and detector is None:
             raise ValueError(f"estimator {cfg.estimator!r} is top-down and needs a person detector")
         self.cfg, self.estimator, self.detector = cfg, estimator, detector
+        self.tracking = cfg.tracking
+        cap = getattr(estimator, "max_persons", None)  # single-person models (BlazePose): M = 1
+        if cap is not None and self.tracking.max_persons > cap:
+            self.tracking = dataclasses.replace(self.tracking, max_persons=cap)
+        self.settings = self._content_settings()
+
+    def _content_settings(self) -> dict:
+        """Every setting that changes a record's content, at its effective value (cache.py)."""
+        from pose_extraction.estimators import load_settings
+
+        cfg, est = self.cfg, self.estimator
+        try:
+            est_settings = load_settings(cfg.estimator, cfg.estimator_settings or None)
+        except Exception:  # noqa: BLE001 -- estimators built without a settings file (tests)
+            est_settings = {}
+        est_settings = {k: v for k, v in est_settings.items() if k not in ("batch_size", "device")}
+        settings = {
+            "estimator": cfg.estimator, "estimator_version": str(getattr(est, "version", "")),
+            "weights": cache.file_identity(getattr(est, "weights", "")),
+            "estimator_settings": est_settings, "flip_test": bool(getattr(est, "flip_test", cfg.flip_test)),
+            "reader": cfg.reader, "extractor_version": cfg.extractor_version, "tracking": asdict(self.tracking),
+        }  # fmt: skip
+        if self.detector is not None:
+            d = self.detector
+            settings["detector"] = {"score_threshold": float(getattr(d, "score_threshold", cfg.detector.score_threshold)),
+                                    "min_area": float(getattr(d, "min_area", cfg.detector.min_area)),
+                                    "weights": cache.file_identity(getattr(d, "weights", None))}  # fmt: skip
+        return settings
+
+    def key_for(self, video: Path) -> dict:
+        """The cache key a record of `video` made by this extractor carries."""
+        return cache.make_key(cache.video_identity(video, self.cfg.video_key), self.settings)
 
     def extract(self, video: Path) -> dict:
         """One video -> a pose record (not yet written)."""
@@ -118,12 +171,8 @@ class VideoExtractor:
         has_boxes = self.detector is not None
         if not any(len(k) for k in kps):
             raise NoPersonError(f"no person detected in any of the {len(kps)} frames")
-        tracking = self.cfg.tracking
-        cap = getattr(self.estimator, "max_persons", None)  # single-person models (BlazePose): M = 1
-        if cap is not None and tracking.max_persons > cap:
-            tracking = dataclasses.replace(tracking, max_persons=cap)
         tracked = track_persons(boxes if has_boxes else None, box_scores if has_boxes else None, kps, scores,
-                                cfg=tracking)  # fmt: skip
+                                cfg=self.tracking)  # fmt: skip
         rec = {
             "frame_dir": video.stem, "total_frames": len(kps), "img_shape": (int(h), int(w)),
             "original_shape": (int(h), int(w)), "keypoint": tracked["keypoint"],
@@ -139,41 +188,115 @@ class VideoExtractor:
 
 
 def run_extract(extractor: VideoExtractor, videos: list[Path], out: Path, *, shard: tuple[int, int] = (0, 1),
-                max_failures: int = 0, progress: bool = True) -> dict:  # fmt: skip
-    """Extract `videos` (this shard) into `out`; returns counts. Raises RuntimeError past max_failures."""
+                max_failures: int = 0, progress: bool = True, overwrite: bool = True,
+                retry_failed: bool = False) -> dict:  # fmt: skip
+    """Extract `videos` (this shard) into `out`; returns counts.
+
+    Args:
+        overwrite: re-extract a record made from another video or with other settings; with
+            False it is kept, reported (what differs) and the run fails at the end.
+        retry_failed: extract again videos that failed before (their marker names the error).
+
+    Raises:
+        ValueError: two videos share an id (before any work).
+        RuntimeError: more than `max_failures` of this shard's videos failed, or records were
+            refused (`overwrite=False`).
+    """
     from tqdm import tqdm
 
+    check_unique_video_ids(videos)
     out.mkdir(parents=True, exist_ok=True)
     mine = shard_of(videos, shard)
-    tag = f".rank{shard[0]}" if shard[1] > 1 else ""
-    failures_path = out / f"failures{tag}.jsonl"
-    failures: list[dict] = []
-    done = skipped = 0
-    for video in tqdm(mine, desc=f"extract {shard[0]}/{shard[1]}", disable=not progress, dynamic_ncols=True):
-        dest = out / f"{video.stem}.pkl"
-        if record_is_done(dest):
-            skipped += 1
-            continue
+    counts: Counter = Counter()
+    refused: list[str] = []
+    busy: list[Path] = []
+
+    def visit(video: Path, *, wait: bool) -> None:
+        outcome = _extract_one(extractor, video, out, overwrite=overwrite, retry_failed=retry_failed, wait=wait)
+        if outcome == "busy":
+            busy.append(video)
+            return
+        counts[outcome if isinstance(outcome, str) else "refused"] += 1
+        if not isinstance(outcome, str):
+            refused.append(outcome[1])
+
+    bar = dict(disable=not progress, dynamic_ncols=True, mininterval=1.0 if os.isatty(2) else 30.0)
+    for video in tqdm(mine, desc=f"extract {shard[0]}/{shard[1]}", **bar):
+        visit(video, wait=False)
+    for video in list(busy):  # claimed by another process: wait for it, then take over what it left
+        busy.remove(video)
+        visit(video, wait=True)
+    cache.remove_claims_dir(out)
+    failures_path = cache.write_failures_file(out)
+    failed = sum(cache.read_failure(out, v.stem) is not None for v in mine)
+    summary = {"videos": len(mine), "extracted": counts["extracted"], "skipped_existing": counts["skipped"],
+               "skipped_failed": counts["skipped_failed"], "done_by_another_process": counts["done_by_other"],
+               "failed": failed, "refused": len(refused), "failures_file": str(failures_path)}  # fmt: skip
+    log.info("extract: %s", summary)
+    if refused:
+        raise RuntimeError(f"{len(refused)} of {len(mine)} existing records differ from this run and were kept "
+                           f"(--no-overwrite); first: {refused[0]}; rerun without --no-overwrite to re-extract")  # fmt: skip
+    if failed > max_failures:
+        raise RuntimeError(f"{failed} of {len(mine)} videos failed (see {failures_path}); the others are "
+                           f"written and will be skipped on the next run (failed ones too, unless --retry-failed)")  # fmt: skip
+    return summary
+
+
+def _extract_one(extractor: VideoExtractor, video: Path, out: Path, *, overwrite: bool, retry_failed: bool,
+                 wait: bool) -> str | tuple[str, str]:  # fmt: skip
+    """One video under its claim: "extracted", "skipped", "skipped_failed", "done_by_other", "failed",
+    "busy" (claimed by another process, wait=False), or ("refused", what differs)."""
+    dest = out / f"{video.stem}.pkl"
+    key = extractor.key_for(video)
+    first = _state(out, dest, video, key, overwrite=overwrite, retry_failed=retry_failed)
+    if first is not None:
+        return first
+    with cache.claim(out, video.stem, wait=wait) as mine:
+        if not mine:
+            return "busy"
+        again = _state(out, dest, video, key, overwrite=overwrite, retry_failed=retry_failed)
+        if again is not None:  # finished by another process while we were looking
+            return "done_by_other" if again in ("skipped", "skipped_failed") else again
+        old = stored_record(dest)
+        if old is not None:
+            log.info("%s: re-extracting, the record differs: %s", video.name, cache.differences(old.get("cache"), key))
+            dest.unlink()  # stale: never left beside a video it does not describe
+        cache.clear_failure(out, video.stem)
+        log.info("%s: extracting", video.name)
         t0 = time.perf_counter()
         try:
             rec = extractor.extract(video)
+            rec["cache"] = key
             write_record(rec, dest)
-            done += 1
-            log.info("%s: %d frames, %d persons kept, %.1f s", video.name, rec["total_frames"],
-                     rec["keypoint"].shape[0], time.perf_counter() - t0)  # fmt: skip
         except Exception as exc:  # one bad video must not stop the others: logged, counted, reported
+            if isinstance(exc, OSError) and exc.filename == str(dest):
+                raise  # the output folder itself is unwritable: every video would fail the same way
             log.error("%s: %s", video, exc)
             log.debug("%s", traceback.format_exc())
-            failures.append({"video": str(video), "error": f"{type(exc).__name__}: {exc}"})
-    # the failures file describes the latest run of this shard
-    atomic_write_text(failures_path, "".join(json.dumps(f) + "\n" for f in failures))
-    summary = {"videos": len(mine), "extracted": done, "skipped_existing": skipped, "failed": len(failures),
-               "failures_file": str(failures_path)}  # fmt: skip
-    log.info("extract: %s", summary)
-    if len(failures) > max_failures:
-        raise RuntimeError(f"{len(failures)} of {len(mine)} videos failed (see {failures_path}); "
-                           f"the others are written and will be skipped on the next run")  # fmt: skip
-    return summary
+            cache.write_failure(out, video.stem, {"video": str(video), "error": f"{type(exc).__name__}: {exc}",
+                                                  "key": key})  # fmt: skip
+            return "failed"
+        log.info("%s: %d frames, %d persons kept, %.1f s", video.name, rec["total_frames"],
+                 rec["keypoint"].shape[0], time.perf_counter() - t0)  # fmt: skip
+        return "extracted"
+
+
+def _state(out: Path, dest: Path, video: Path, key: dict, *, overwrite: bool,
+           retry_failed: bool) -> str | tuple[str, str] | None:  # fmt: skip
+    """What is already there for this key: "skipped", "skipped_failed", ("refused", why), or None (work)."""
+    rec = stored_record(dest)
+    if rec is not None:
+        if isinstance(rec.get("cache"), dict) and rec["cache"].get("digest") == key["digest"]:
+            return "skipped"
+        if not overwrite:
+            why = f"{dest.name}: {cache.differences(rec.get('cache'), key)}"
+            log.error("%s: kept (--no-overwrite), it differs from this run: %s", video.name, why)
+            return ("refused", why)
+        return None
+    failure = cache.read_failure(out, video.stem)
+    if failure is not None and not retry_failed and failure.get("key", {}).get("digest") == key["digest"]:
+        return "skipped_failed"
+    return None
 
 
 def config_summary(cfg: PoseConfig) -> dict:

@@ -41,10 +41,12 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from pipeline.datasets import VIDEO_SUFFIXES
+
 log = logging.getLogger(__name__)
 
 BACKENDS = ("opencv", "pyav", "decord")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm")
+VIDEO_EXTENSIONS = tuple(sorted(VIDEO_SUFFIXES))  # one list for the project (pipeline/datasets.py)
 DEFAULT_FPS = 30.0
 _JOIN_TIMEOUT_S = 10.0
 

@@ -7,10 +7,14 @@ Stage 1 runs as `python -m pose_extraction extract` in the estimator's own inter
 never import each other. Then, per video, the model scores the whole clip (MotionBERT's test
 protocol: resampled to the clip length) and, when the video is longer than the clip length,
 every sliding window of `clip_len` frames (stride `clip_len // 2`, the last window aligned to the
-end). Outputs in OUT: `poses/<video>.pkl`, `<video>.labels.json` (top-k labels with
+end). Outputs in OUT: `poses/<estimator>/<video>.pkl`, `<video>.labels.json` (top-k labels with
 probabilities for the clip and each window), `<video>.overlay.mp4` (skeletons and the label of
 the current window), `labels.json` (the video's result, or the list of them for a folder) and
 `labels.csv` (one line per video).
+
+Records are reused by stage 1's cache rule (pose_extraction/cache.py): only when made from the
+same video with the same estimator and settings. A video that yields no record this time (no
+person, unreadable) has its earlier outputs in OUT removed and an error row, never an old label.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 import torch
 
 from pipeline.atomic import atomic_write_text
+from pipeline.datasets import VIDEO_SUFFIXES, check_unique_video_ids
 from pipeline.schema import read_record
 from recognition.checkpoint import build_model_from_checkpoint
 from recognition.evaluate import eval_config
@@ -34,9 +39,6 @@ from recognition.preprocess import preprocess_clip
 from recognition.train import pick_device
 
 log = logging.getLogger(__name__)
-
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
-
 
 def window_starts(total: int, clip_len: int) -> list[int]:
     """Starts of the sliding windows over `total` frames (one window when total <= clip_len)."""
@@ -132,13 +134,14 @@ def run_predict(*, video: str | Path, run: str | Path, out: str | Path, estimato
     """Predict labels for a video or a folder of videos; returns one result per video."""
     src, out = Path(video), Path(out)
     if src.is_dir():
-        videos = sorted(p for p in src.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+        videos = sorted(p for p in src.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
         if not videos:
-            raise FileNotFoundError(f"no videos found in {src} (looked for {', '.join(VIDEO_SUFFIXES)})")
+            raise FileNotFoundError(f"no videos found in {src} (looked for {', '.join(sorted(VIDEO_SUFFIXES))})")
     elif src.is_file():
         videos = [src]
     else:
         raise FileNotFoundError(f"{src}: no such video or folder")
+    check_unique_video_ids(videos)
     ck = resolve_checkpoint(run)
     dev = pick_device(device)
     model, meta = build_model_from_checkpoint(ck)
@@ -146,13 +149,15 @@ def run_predict(*, video: str | Path, run: str | Path, out: str | Path, estimato
     names = meta.get("label_names") or [f"class_{i}" for i in range(meta["model_config"]["num_classes"])]
     opts = eval_config(meta, faithful=None).data
     python = estimator_python or sys.executable
-    poses = Path(poses) if poses else out / "poses"  # records already there are reused
+    poses = Path(poses) if poses else out / "poses" / estimator  # records there are reused if their key matches
     run_extraction(videos, poses, estimator=estimator, python=python, device=device)
     results, rows = [], []
     for v in videos:
         rec_path = poses / f"{v.stem}.pkl"
         if not rec_path.is_file():
             log.error("%s: no pose record (see %s)", v, poses / "failures.jsonl")
+            for stale in (out / f"{v.stem}.labels.json", out / f"{v.stem}.overlay.mp4"):
+                stale.unlink(missing_ok=True)  # an earlier video of this name: its label is not this one's
             rows.append({"video": str(v), "top1": "", "prob": "", "top5": "", "error": "no person found / extraction failed"})
             continue
         res = predict_record(model, read_record(rec_path), opts=opts, names=names, device=dev, k=k)
@@ -173,6 +178,7 @@ def run_predict(*, video: str | Path, run: str | Path, out: str | Path, estimato
     if results:
         summary = results[0] if src.is_file() else results
         atomic_write_text(out / "labels.json", json.dumps(summary, indent=1) + "\n")
-    if not results:
+    else:
+        (out / "labels.json").unlink(missing_ok=True)
         raise RuntimeError(f"no video could be classified; see {poses / 'failures.jsonl'}")
     return results

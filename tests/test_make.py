@@ -67,6 +67,30 @@ def test_device_cuda_without_a_gpu_is_one_line(tmp_path):
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
 
 
+def test_make_predict_never_writes_into_the_demos_folder(tmp_path):
+    """`make predict VIDEO=.../demo.mp4` after the demo: the demo's predictions stay as they are, the
+    output goes to a folder of its own per run, estimator and video path."""
+    from tests.pose_extraction.test_extract import write_video
+    from tests.recognition.test_predict import write_tiny_run
+
+    art = tmp_path / "art"
+    write_tiny_run(art / "runs/maskclr_mocap15_xview")
+    demo = art / "predictions/demo"
+    demo.mkdir(parents=True)
+    (demo / "labels.csv").write_text("video,top1,prob,top5,error\n" + "v,walk,0.5,walk,\n" * 5)
+    before = snapshot(demo)
+    for folder in ("clips", "other"):
+        (tmp_path / folder).mkdir()
+        video = write_video(tmp_path / folder / "demo.mp4", 20)
+        res = make(f"ART={art}", "predict", f"VIDEO={video}", "ESTIMATOR=standin", "DEVICE=cpu")
+        assert res.returncode == 0, res.stderr[-3000:]
+    assert snapshot(demo) == before and len((demo / "labels.csv").read_text().splitlines()) == 6
+    outs = sorted(art.glob("predictions/runs/maskclr_mocap15_xview/standin/demo-*"))
+    assert len(outs) == 2  # two videos named demo.mp4 in two folders: two output folders
+    for d in outs:
+        assert (d / "demo.labels.json").is_file() and len((d / "labels.csv").read_text().splitlines()) == 2
+
+
 def test_dataset_build_then_noop(tmp_path):
     art = tmp_path / "art"
     target = f"{art}/datasets/mocap15.pkl.valid"
@@ -137,3 +161,13 @@ def test_demo_end_to_end_then_noop(tmp_path):
     res = make(f"ART={art}", "demo")
     assert res.returncode == 0, res.stderr[-3000:]
     assert snapshot(art) == before
+
+    # a user's prediction on a video named like a demo video leaves the demo's outputs as they are
+    res = make(f"ART={art}", "predict", f"VIDEO={art / 'demo_videos/mocap15_walk.mp4'}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    after = snapshot(art)
+    assert {k: v for k, v in after.items() if not k.startswith("predictions/runs/")} == before
+    assert any(k.startswith("predictions/runs/maskclr_mocap15_xview/blazepose/mocap15_walk-") for k in after)
+    res = make(f"ART={art}", "demo")  # and the demo is still up to date: nothing rebuilt
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert {k: v for k, v in snapshot(art).items() if not k.startswith("predictions/runs/")} == before

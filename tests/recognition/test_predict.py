@@ -26,7 +26,12 @@ NAMES = ["walk", "run", "jump", "kick"]
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("run")
+    return write_tiny_run(tmp_path_factory.mktemp("run"))
+
+
+def write_tiny_run(run: Path) -> Path:
+    """A run folder whose best.pt is a random tiny DSTFormer over NAMES (clip length 16)."""
+    run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     mcfg = dict(num_classes=4, backbone="dstformer", preset="tiny", hidden_dim=32, dropout=0.5, maxlen=16,
                 use_mask_token=False)  # fmt: skip
@@ -92,3 +97,67 @@ def test_predict_folder_and_errors(tmp_path, tiny_run):
     assert res.returncode == 1 and "no such video" in res.stderr
     res = predict(d, tmp_path / "norun", tmp_path / "o3")
     assert res.returncode == 1 and "train a model first" in res.stderr
+
+
+def test_predict_after_the_video_is_replaced(tmp_path, tiny_run):
+    """Same name, same --out: the new video's label (or its failure), never the old one's."""
+    video = write_video(tmp_path / "clip.mp4", 20)
+    out = tmp_path / "out"
+    assert predict(video, tiny_run, out).returncode == 0
+    first = json.loads((out / "clip.labels.json").read_text())
+    assert first["total_frames"] == 20
+    write_video(video, 30)  # another clip under the same name
+    res = predict(video, tiny_run, out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "re-extracting, the record differs" in res.stderr
+    assert json.loads((out / "clip.labels.json").read_text())["total_frames"] == 30
+    write_video(video, 12, bright=False)  # nobody in it
+    res = predict(video, tiny_run, out)
+    assert res.returncode == 1 and "no video could be classified" in res.stderr.strip().splitlines()[-1]
+    assert not (out / "clip.labels.json").exists() and not (out / "labels.json").exists()
+    assert not (out / "clip.overlay.mp4").exists()
+    assert "no person" in (out / "labels.csv").read_text()
+
+
+def test_predict_does_not_reuse_another_estimators_records(tmp_path, tiny_run):
+    from pipeline.schema import read_record, write_record
+
+    video = write_video(tmp_path / "clip.mp4", 20)
+    poses = tmp_path / "poses"
+    res = subprocess.run([sys.executable, "-m", "recognition", "predict", "--video", str(video), "--run",
+                          str(tiny_run), "--out", str(tmp_path / "out"), "--estimator", "standin", "--device", "cpu",
+                          "--poses", str(poses), "--no-overlay"], capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    rec = read_record(poses / "clip.pkl")
+    rec["keypoint"][:] = 0.0  # what "another estimator" saw, stored under its key
+    rec["keypoint_score"][:] = 0.0
+    rec["total_frames"] = 20
+    rec["estimator"]["name"] = "blazepose"
+    rec["cache"]["settings"]["estimator"] = "blazepose"
+    rec["cache"]["digest"] = "f" * 64
+    write_record(rec, poses / "clip.pkl")
+    res = subprocess.run([sys.executable, "-m", "recognition", "predict", "--video", str(video), "--run",
+                          str(tiny_run), "--out", str(tmp_path / "out"), "--estimator", "standin", "--device", "cpu",
+                          "--poses", str(poses), "--no-overlay"], capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert 'settings.estimator "blazepose" -> "standin"' in res.stderr
+    again = read_record(poses / "clip.pkl")
+    assert again["estimator"]["name"] == "standin" and float(again["keypoint_score"].max()) > 0
+    labels = json.loads((tmp_path / "out/clip.labels.json").read_text())
+    assert labels["estimator"] == "standin" and labels["persons"] == 2
+
+
+def test_predict_default_poses_folder_is_per_estimator(tmp_path, tiny_run):
+    video = write_video(tmp_path / "clip.mp4", 10)
+    assert predict(video, tiny_run, tmp_path / "out").returncode == 0
+    assert (tmp_path / "out/poses/standin/clip.pkl").is_file()
+
+
+def test_predict_same_id_twice_is_an_error(tmp_path, tiny_run):
+    d = tmp_path / "videos"
+    d.mkdir()
+    write_video(d / "clip.mp4", 10)
+    write_video(d / "clip.avi", 10)
+    res = predict(d, tiny_run, tmp_path / "out")
+    assert res.returncode == 1 and "clip.avi" in res.stderr and "clip.mp4" in res.stderr
+    assert not (tmp_path / "out").exists()
