@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--no-overlay", action="store_true")
-    p.add_argument("--poses", default=None, help="folder for the pose records (default OUT/poses); valid ones are reused")
+    p.add_argument("--poses", default=None, help="folder for the pose records (default OUT/poses/ESTIMATOR); reused where made from the same video and settings")
     p.set_defaults(func=_cmd_predict)
     return parser
 

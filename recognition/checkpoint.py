@@ -2,7 +2,8 @@
 
 Ours: `{"format", "schema_version", "model_state", "model_config", "run_config",
 "label_names", "epoch", "optimizer", "scheduler", "loss_state", "best_metric", "rng",
-"history"}`, written atomically, read with `torch.load(weights_only=True)`.
+"history"}`, written atomically, read with `torch.load(weights_only=True)` (through
+`checkpoint_import.load_torch_file`, so an empty or truncated file is a one-line `CheckpointError`).
 Foreign files (MotionBERT's `model_pos` pretrained backbone, its `model` finetuned action
 model) are recognised by their keys and converted by `checkpoint_import`.
 """
@@ -19,7 +20,14 @@ import torch
 
 from pipeline.atomic import atomic_write_bytes
 from pipeline.schema import SCHEMA_VERSION
-from recognition.checkpoint_import import CheckpointError, load_into, load_motionbert_state
+from recognition.checkpoint_import import (
+    REMEDY,
+    CheckpointError,
+    UnsafeCheckpointError,
+    load_into,
+    load_motionbert_state,
+    load_torch_file,
+)
 from recognition.models.action import ActionModel, build_action_model
 
 log = logging.getLogger(__name__)
@@ -35,17 +43,20 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read one of our checkpoints (weights_only=True)."""
+def read_checkpoint(path: str | Path, *, remedy: str = REMEDY) -> dict[str, Any]:
+    """Read one of our checkpoints (weights_only=True).
+
+    Args:
+        path: the `.pt` file.
+        remedy: what the error message of an empty, truncated or unreadable file advises.
+
+    Raises:
+        CheckpointError: the file is missing, empty, truncated, not a torch file or not a dict.
+    """
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: checkpoint file {'is a directory' if p.is_dir() else 'not found'}")
-    try:
-        ck = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file
-        raise CheckpointError(f"{p}: cannot read checkpoint: {str(exc).splitlines()[0]}") from exc
+    ck = load_torch_file(p, remedy=remedy)
     if not isinstance(ck, dict):
-        raise CheckpointError(f"{p}: expected a dict, got {type(ck).__name__}")
+        raise CheckpointError(f"{p}: expected a dict, got {type(ck).__name__}; {remedy}")
     return ck
 
 
@@ -54,13 +65,15 @@ def is_ours(ck: dict) -> bool:
 
 
 def _read_ours(path: str | Path) -> dict | None:
-    """Our checkpoint at `path`, or None when the file is in another (foreign) format."""
+    """Our checkpoint at `path`, or None when the file is in another (foreign) format.
+
+    A file that `weights_only=True` refuses may be a foreign pickle (read by `load_motionbert_state`);
+    an empty, truncated or non-torch file raises here, with its reason.
+    """
     try:
         ck = read_checkpoint(path)
-    except CheckpointError:
-        if not Path(path).is_file():
-            raise
-        return None  # not loadable with weights_only: maybe a foreign pickle
+    except UnsafeCheckpointError:
+        return None
     return ck if is_ours(ck) else None
 
 

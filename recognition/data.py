@@ -8,6 +8,7 @@ of DataLoader workers and a resumed run replays the same draws.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,21 +19,27 @@ from recognition.preprocess import PreprocessOptions, preprocess_clip, resample_
 log = logging.getLogger(__name__)
 
 
-def split_frame_dirs(index: dict, split: str) -> list[str]:
+def split_frame_dirs(index: dict, split: str, *, source: str | Path | None = None) -> list[str]:
     """The clip names of split `split` (e.g. "xsub_train") of a dataset file `{split, annotations}`.
+
+    Args:
+        index: the dataset file's content.
+        split: the split name.
+        source: the dataset file's path, named in the error messages.
 
     Raises:
         ValueError: the split does not exist (the message lists the available ones), or it names a clip that has
             no annotation.
     """
+    where = f" of {source}" if source is not None else ""
     splits = index["split"]
     if split not in splits:
-        raise ValueError(f"unknown split {split!r}; available: {sorted(splits)}")
+        raise ValueError(f"unknown split {split!r}{where}; available: {sorted(splits)}")
     names = list(splits[split])
     known = {a["frame_dir"] for a in index["annotations"]}
     missing = [n for n in names if n not in known]
     if missing:
-        raise ValueError(f"split {split!r} names {len(missing)} clip(s) with no annotation, "
+        raise ValueError(f"split {split!r}{where} names {len(missing)} clip(s) with no annotation, "
                          f"first: {missing[0]!r}")
     return names
 

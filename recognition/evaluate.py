@@ -24,7 +24,7 @@ from pipeline.config import from_dict
 from pipeline.schema import read_index
 from recognition.checkpoint import build_model_from_checkpoint
 from recognition.config import TrainConfig, resolve
-from recognition.train import autocast_for, label_names_of, make_dataset, pick_device
+from recognition.train import autocast_for, label_names_of, make_dataset, pick_device, require_clips
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,8 @@ def run_evaluate(*, checkpoint: str | Path, data: str | Path, split: str, out: s
     num_classes = ck["model_config"]["num_classes"]
     if len(names) != num_classes:
         raise ValueError(f"{checkpoint}: model has {num_classes} classes but the labels name {len(names)}")
-    ds = make_dataset(cfg, index, split, train=False, num_classes=num_classes, noise_sigma=noise_sigma)
+    ds = make_dataset(cfg, index, split, train=False, num_classes=num_classes, noise_sigma=noise_sigma, source=data)
+    require_clips(ds, split, data, usable="clips to evaluate")
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=cfg.optim.num_workers)
     logits, feats, labels = predict_dataset(model, loader, dev)
     metrics, conf = accuracy_report(logits, labels, names)

@@ -7,6 +7,11 @@ state, history) and `best.pt` when val top-1 improves. `--resume` continues from
 exactly: same epoch, optimizer, scheduler, centroid memory and RNG state. Data randomness is
 a pure function of (seed, epoch, item), so it does not depend on workers or restarts.
 
+No usable training clip (an empty `<split>_train`, or every clip skipped by `skip_bad`) is an error
+before anything is written. An empty validation split (none listed, or all skipped) is a warning:
+there is nothing to select on, so `best.pt` is the last epoch's weights (Make's target still exists),
+the `val_*` entries of `metrics.jsonl` are null and the checkpoints' `best_metric` is None.
+
 Distributed: launched by `torchrun`, each rank takes its shard of every epoch (gloo on CPU,
 NCCL on CUDA); rank 0 writes the files.
 """
@@ -32,7 +37,8 @@ from tqdm import tqdm
 from pipeline.atomic import atomic_write_text, write_text_if_changed
 from pipeline.config import dump_yaml, to_dict
 from pipeline.schema import read_index
-from recognition.checkpoint import init_from, read_checkpoint, save_checkpoint
+from recognition.checkpoint import init_from, is_ours, read_checkpoint, save_checkpoint
+from recognition.checkpoint_import import CheckpointError
 from recognition.config import TrainConfig
 from recognition.data import SkeletonDataset, split_frame_dirs
 from recognition.maskclr.agpm import agpm_mask, apply_input_zero_mask, v1_input_mask
@@ -40,6 +46,9 @@ from recognition.maskclr.losses import MLCLLoss
 from recognition.models.action import ActionModel, build_action_model
 
 log = logging.getLogger(__name__)
+
+_RESUME_REMEDY = "delete it and rerun without --resume to train from scratch"
+_NO_VAL = dict.fromkeys(("val_top1", "val_top5", "val_loss"), None) | {"val_n": 0}  # no fake 0.0 accuracy
 
 
 @dataclass
@@ -92,9 +101,10 @@ def label_names_of(index: dict) -> list[str]:
 
 
 def make_dataset(cfg: TrainConfig, index: dict, split: str, *, train: bool, num_classes: int,
-                 noise_sigma: float = 0.0) -> SkeletonDataset:  # fmt: skip
+                 noise_sigma: float = 0.0, source: str | Path | None = None) -> SkeletonDataset:  # fmt: skip
+    """The dataset of split `split`; `source` (the index file) is named in the error messages."""
     ds = SkeletonDataset(
-        annotations=index["annotations"], frame_dirs=split_frame_dirs(index, split), train=train,
+        annotations=index["annotations"], frame_dirs=split_frame_dirs(index, split, source=source), train=train,
         opts=cfg.data, seed=cfg.seed, num_classes=num_classes, noise_sigma=noise_sigma,
         noise_per_person=cfg.noise_per_person, skip_bad=cfg.optim.skip_bad,
     )  # fmt: skip
@@ -103,6 +113,23 @@ def make_dataset(cfg: TrainConfig, index: dict, split: str, *, train: bool, num_
     if ds.person_selection:
         log.info("%s: %d clips had more than 2 persons; kept the 2 highest-scoring", split, len(ds.person_selection))
     return ds
+
+
+def no_clips_message(ds: SkeletonDataset, split: str, source: str | Path, *, usable: str) -> str:
+    """Why `ds` (of split `split` of file `source`) is empty, in one line; `usable` names the clips' role."""
+    if ds.skipped:
+        first = ", ".join(ds.skipped[:5]) + (", ..." if len(ds.skipped) > 5 else "")
+        return f"no usable {usable} in split {split!r} of {source} ({len(ds.skipped)} skipped by skip_bad: {first})"
+    return f"split {split!r} of {source} lists no clips"
+
+
+def require_clips(ds: SkeletonDataset, split: str, source: str | Path, *, usable: str) -> None:
+    """Raise ValueError when `ds` holds no clip: its split lists none, or `skip_bad` skipped them all."""
+    if len(ds):
+        return
+    todo = ("their poses hold no person, no frame or only zero scores: re-extract them, or use another split"
+            if ds.skipped else "rebuild the index (python -m pipeline index) or use another split")  # fmt: skip
+    raise ValueError(f"{no_clips_message(ds, split, source, usable=usable)}; {todo}")
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> ActionModel:
@@ -198,8 +225,13 @@ def run_train(cfg: TrainConfig, *, data: str | Path, split: str, out: str | Path
     index = read_index(data)
     names = label_names_of(index)
     num_classes = len(names)
-    train_ds = make_dataset(cfg, index, f"{split}_train", train=True, num_classes=num_classes)
-    val_ds = make_dataset(cfg, index, f"{split}_val", train=False, num_classes=num_classes)
+    train_ds = make_dataset(cfg, index, f"{split}_train", train=True, num_classes=num_classes, source=data)
+    require_clips(train_ds, f"{split}_train", data, usable="training clips")
+    val_ds = make_dataset(cfg, index, f"{split}_val", train=False, num_classes=num_classes, source=data)
+    has_val = len(val_ds) > 0
+    if not has_val:
+        log.warning("%s: no validation; best.pt is the last epoch's weights and val_* are null in metrics.jsonl",
+                    no_clips_message(val_ds, f"{split}_val", data, usable="validation clips"))  # fmt: skip
     sampler = DistributedSampler(train_ds, num_replicas=env.world, rank=env.rank, shuffle=True,
                                  seed=cfg.seed, drop_last=env.world > 1)  # fmt: skip
     bs = cfg.optim.batch_size
@@ -213,14 +245,18 @@ def run_train(cfg: TrainConfig, *, data: str | Path, split: str, out: str | Path
     start_epoch, best, history = 0, -math.inf, []
     last_path = out / "last.pt"
     if resume and last_path.is_file():
-        ck = read_checkpoint(last_path)
+        ck = read_checkpoint(last_path, remedy=_RESUME_REMEDY)
+        if not is_ours(ck):
+            raise CheckpointError(f"{last_path}: not a checkpoint written by train; {_RESUME_REMEDY}")
         core.load_state_dict(ck["model_state"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         loss_fn.load_state_dict(ck["loss_state"])
         torch.set_rng_state(ck["rng"]["torch"])
-        start_epoch, best, history = ck["epoch"] + 1, ck["best_metric"], list(ck["history"])
-        log.info("resumed %s at epoch %d (best val top-1 %.2f)", last_path, start_epoch, best)
+        start_epoch, history = ck["epoch"] + 1, list(ck["history"])
+        best = -math.inf if ck["best_metric"] is None else ck["best_metric"]  # None: trained without validation
+        log.info("resumed %s at epoch %d (best val top-1 %s)", last_path, start_epoch,
+                 "none" if ck["best_metric"] is None else f"{best:.2f}")  # fmt: skip
     elif resume:
         log.info("--resume: no %s yet; starting from scratch", last_path)
     elif init:
@@ -272,18 +308,24 @@ def run_train(cfg: TrainConfig, *, data: str | Path, split: str, out: str | Path
             if halt_after_steps is not None and steps >= halt_after_steps:
                 os._exit(137)  # a hard kill mid-epoch, for the resume test
         sched.step()
-        val = evaluate_loader(core, val_loader, env.device, loss_fn=loss_fn,
-                              update_memory=masked_on and cfg.maskclr.cc_update_on_val)  # fmt: skip
+        val = _NO_VAL
+        if has_val:
+            val = evaluate_loader(core, val_loader, env.device, loss_fn=loss_fn,
+                                  update_memory=masked_on and cfg.maskclr.cc_update_on_val)  # fmt: skip
         entry = {"epoch": epoch + 1, **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
                  "train_acc": 100.0 * sums.get("acc", 0.0) / max(seen, 1), **val,
                  "lr_backbone": opt.param_groups[0]["lr"], "lr_head": opt.param_groups[1]["lr"],
                  "maskclr_active": masked_on}  # fmt: skip
         history.append(entry)
-        improved = val["val_top1"] > best
-        best = max(best, val["val_top1"])
+        if has_val:
+            improved = val["val_top1"] > best
+            best = max(best, val["val_top1"])
+        else:  # nothing to select on: best.pt follows the last epoch
+            improved, best = True, None
         if env.main:
-            log.info("epoch %d: train loss %.4f acc %.1f | val top-1 %.2f top-5 %.2f", epoch + 1,
-                     entry["train_loss"], entry["train_acc"], val["val_top1"], val["val_top5"])  # fmt: skip
+            val_text = f"val top-1 {val['val_top1']:.2f} top-5 {val['val_top5']:.2f}" if has_val else "no validation"
+            log.info("epoch %d: train loss %.4f acc %.1f | %s", epoch + 1, entry["train_loss"], entry["train_acc"],
+                     val_text)  # fmt: skip
             for k, v in entry.items():
                 if isinstance(v, (int, float)) and k != "epoch":
                     writer.add_scalar(k, v, epoch + 1)
