@@ -139,7 +139,6 @@ def claim(out: Path, video_id: str, *, wait: bool) -> Iterator[bool]:
             break
         os.close(fd)  # the holder before us removed it: claim the new one
     try:
-        os.write(fd, f"{os.getpid()}@{os.uname().nodename}\n".encode())
         yield True
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -147,10 +146,16 @@ def claim(out: Path, video_id: str, *, wait: bool) -> Iterator[bool]:
         os.close(fd)
 
 
-def remove_claims_dir(out: Path) -> None:
-    """Remove `OUT/.claims` if no claim is left in it."""
+def sweep_claims(out: Path) -> None:
+    """Remove the claim files no process holds (left by killed ones), then `OUT/.claims` if empty."""
+    folder = out / CLAIMS_DIR
+    if not folder.is_dir():
+        return
+    for lock in folder.glob("*.lock"):
+        with claim(out, lock.stem, wait=False):  # taken only if nobody holds it; removed on exit
+            pass
     with contextlib.suppress(OSError):
-        (out / CLAIMS_DIR).rmdir()
+        folder.rmdir()
 
 
 def failure_path(out: Path, video_id: str) -> Path:

@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from pipeline.atomic import remove_orphaned_temps
 from pipeline.datasets import check_unique_video_ids
 from pipeline.schema import SCHEMA_VERSION, read_record, write_record
 from pose_extraction import cache
@@ -206,6 +207,8 @@ def run_extract(extractor: VideoExtractor, videos: list[Path], out: Path, *, sha
 
     check_unique_video_ids(videos)
     out.mkdir(parents=True, exist_ok=True)
+    for folder in (out, out / cache.FAILED_DIR):  # leftovers of killed writers, also where this run may not write
+        remove_orphaned_temps(folder)
     mine = shard_of(videos, shard)
     counts: Counter = Counter()
     refused: list[str] = []
@@ -226,7 +229,7 @@ def run_extract(extractor: VideoExtractor, videos: list[Path], out: Path, *, sha
     for video in list(busy):  # claimed by another process: wait for it, then take over what it left
         busy.remove(video)
         visit(video, wait=True)
-    cache.remove_claims_dir(out)
+    cache.sweep_claims(out)
     failures_path = cache.write_failures_file(out)
     failed = sum(cache.read_failure(out, v.stem) is not None for v in mine)
     summary = {"videos": len(mine), "extracted": counts["extracted"], "skipped_existing": counts["skipped"],
