@@ -195,3 +195,12 @@ def test_two_processes_on_one_folder_extract_each_video_once(tmp_path):
     assert len(list(out.glob("*.pkl"))) == 100 and all(read_record(p)["total_frames"] == 4 for p in out.glob("*.pkl"))
     assert not (out / ".claims").exists() and not [p for p in out.iterdir() if ".tmp-" in p.name]
     shutil.rmtree(d)
+
+
+def test_soak_script_small():
+    """bench/soak.py at a small size (two processes, kills every 1-3 s; the work takes each longer than
+    3 s, so every first process is killed): every guarantee holds."""
+    res = subprocess.run([sys.executable, "bench/soak.py", "--videos", "60", "--kill-min", "1", "--kill-max", "3",
+                          "--per-video-sleep", "0.1"], cwd=REPO, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert "all guarantees hold" in res.stdout and "SIGKILLed 0 " not in res.stdout
