@@ -11,15 +11,23 @@ import io
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
 from pipeline.atomic import atomic_write_bytes
 from pipeline.config import dump_yaml
 
-if TYPE_CHECKING:
-    from recognition.report import Report
+
+class ReportView(Protocol):
+    """What the page shows of a report (`recognition.report.Report` is one); this module imports no report code."""
+
+    runs: Sequence[Any]  # each with .name, .device
+    data: Sequence[Any]  # each with .path
+    main: Any  # the swept data: .path, .split
+    command: list[str]
+
+    def reproduce(self, name: str) -> str: ...
 
 
 @dataclass
@@ -98,7 +106,7 @@ _SCRIPT = """window.addEventListener("load", function () {
 });"""
 
 
-def render_html(report: "Report", sections: list[Section], cfg_yaml: str) -> str:
+def render_html(report: ReportView, sections: list[Section], cfg_yaml: str) -> str:
     """The self-contained page: tables, base64 figures, commands and configs."""
     e = html.escape
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Robustness report</title>"
