@@ -35,7 +35,7 @@ from pipeline.datasets import VIDEO_SUFFIXES, check_unique_video_ids
 from pipeline.schema import read_record
 from recognition.checkpoint import build_model_from_checkpoint
 from recognition.evaluate import eval_config
-from recognition.preprocess import preprocess_clip
+from recognition.preprocess import preprocess_clip, select_two_persons
 from recognition.train import pick_device
 
 log = logging.getLogger(__name__)
@@ -74,9 +74,7 @@ def predict_record(model, rec: dict, *, opts, names: list[str], device: torch.de
     fps = float(rec.get("fps", 30.0))
     if kp.shape[0] == 0 or total == 0:
         raise ValueError(f"{rec['frame_dir']}: no person in the pose record; nothing to classify")
-    if kp.shape[0] > 2:  # keep the two highest-scoring persons, as in training
-        keep = np.sort(np.argsort(-score.sum(axis=(1, 2)))[:2])
-        kp, score = kp[keep], score[keep]
+    kp, score, _ = select_two_persons(kp, score)  # the training code's choice (recognition/data.py)
     clip_len = opts.clip_len
     starts = window_starts(total, clip_len)
     spans = [(0, total)] + ([(s, s + clip_len) for s in starts] if total > clip_len else [])

@@ -161,3 +161,34 @@ def test_predict_same_id_twice_is_an_error(tmp_path, tiny_run):
     res = predict(d, tiny_run, tmp_path / "out")
     assert res.returncode == 1 and "clip.avi" in res.stderr and "clip.mp4" in res.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_predict_keeps_the_persons_training_keeps(tiny_run):
+    """Three persons: predict feeds the model the same two, in the same order, as the training data."""
+    from recognition.checkpoint import build_model_from_checkpoint
+    from recognition.evaluate import eval_config
+    from recognition.predict import predict_record
+    from recognition.preprocess import preprocess_clip, select_two_persons
+    from tests.helpers import make_record
+
+    rec = make_record(M=3, T=16, seed=3)
+    rec["keypoint_score"][0] *= 0.2  # slot 0 weakest, slot 2 strongest: kept (2, 1), best first
+    rec["keypoint_score"][1] *= 0.9
+    model, meta = build_model_from_checkpoint(tiny_run / "best.pt")
+    opts = eval_config(meta, faithful=None).data
+    got = predict_record(model, rec, opts=opts, names=NAMES, device=torch.device("cpu"))
+    kp, sc, kept = select_two_persons(rec["keypoint"], rec["keypoint_score"])
+    assert list(kept) == [2, 1]
+
+    def probs(kp, sc):
+        x = preprocess_clip(kp, sc, rec["img_shape"], train=False, opts=opts, rng=None)[None]
+        with torch.no_grad():
+            return torch.softmax(model(torch.from_numpy(x)).logits.float(), dim=1)[0].numpy()
+
+    want = probs(kp, sc)
+    slot_order = probs(rec["keypoint"][[1, 2]], rec["keypoint_score"][[1, 2]])  # what predict used to feed
+    assert np.abs(want - slot_order).max() > 2e-6  # the order matters to the model: the test can tell
+    got_probs = np.zeros(4)
+    for t in got["clip"]["top"]:
+        got_probs[t["index"]] = t["prob"]  # rounded to 6 decimals
+    assert np.abs(got_probs - want).max() <= 6e-7
