@@ -29,6 +29,8 @@ log = logging.getLogger("pipeline")
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    """Load FILE with the restricted unpickler and check it (`schema.read_any`: the contract,
+    disjoint train/val per protocol, labels within label_names); any refusal is one line."""
     obj = schema.read_any(args.file)
     print(schema.summarize(obj))
     return 0

@@ -18,40 +18,46 @@ Pose record (one per video, a pickled dict; stage 1 writes it, stage 2 reads it)
     box_score        float [M, T]
     estimator        {"name": str, "weights": str, "version": str}
     schema_version   int               SCHEMA_VERSION when written by this project
+    cache            {video, settings, digest}   stage 1's cache key: what the record was made
+                     from (pose_extraction/cache.py); a record is reused only when it matches
 
 A missing person or joint in a frame has coordinates 0 and score 0. Person slots are
 identity-consistent across frames. Our writers store float32, never float16 (float16 rounds
 pixel coordinates to 1-2 px above x = 1024); readers also accept the float16 of published
-PYSKL pickles. Unknown keys (`raw_file`, ...) pass through untouched.
+PYSKL pickles. total_frames, img_shape and fps are below 2**63. Unknown keys (`raw_file`,
+...) pass through untouched.
 
 Dataset index (the PYSKL / MMAction2 layout, so their pickles train here and ours there):
 
     {"split": {name: [frame_dir, ...]}, "annotations": [record + "label", ...], ...extra keys}
 
 Split names follow PYSKL (`xsub_train`, `xsub_val`, `xview_*`, `xset_*`). Every clip a split
-names must exist among the annotations, and frame_dirs are unique.
+names must exist among the annotations, and frame_dirs are unique. No clip is in both
+`<p>train` and `<p>val` of one protocol `p` (`xsub_train` and `xsub_val`, or `train` and
+`val`); protocols may share clips (`xsub_train` and `xview_val`). Where the index has
+`label_names` (ours always), it is a list of str and every label is below its length.
 
-Pickles are read with a restricted unpickler (`load_pickle`): only numpy's array and dtype
-reconstruction (under both `numpy.core` and `numpy._core`), `_codecs.encode` (protocol-2
-pickles such as PYSKL's) and builtin container and scalar types may be referenced. Any other
-global (`builtins.open`, `eval`, `os.system`, ...) raises `UnsafePickleError` before it is
-called. Every write is atomic (`pipeline.atomic`).
+Pickles are read by `load_pickle` with the restricted unpickler of `pipeline/unpickle.py`
+(its docstring lists the allow-list and the bounds). Every write is atomic (`pipeline.atomic`).
 """
 
 from __future__ import annotations
 
-import importlib
-import io
 import logging
 import math
 import os
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from pipeline.atomic import atomic_write_bytes
+from pipeline.unpickle import UnsafePickleError, restricted_loads
+from pipeline.unpickle import clip as _clip
+from pipeline.unpickle import describe_value as _describe
+from pipeline.unpickle import short_repr as _short
 
 log = logging.getLogger(__name__)
 
@@ -72,66 +78,22 @@ class SchemaError(ValueError):
 
     def __init__(self, source: str, key: str, expected: str, actual: Any):
         self.source, self.key, self.expected, self.actual = source, key, expected, actual
-        super().__init__(f"{source}: {key}: expected {expected}, got {actual}")
-
-
-class UnsafePickleError(pickle.UnpicklingError):
-    """The pickle references a global outside the allow-list; nothing was executed."""
+        got = _clip(actual if isinstance(actual, str) else _short(actual), 200)
+        super().__init__(f"{source}: {_clip(key, 200)}: expected {expected}, got {got}")
 
 
 # ------------------------------------------------------------------------------------------
-# Restricted unpickling
+# Reading pickles
 # ------------------------------------------------------------------------------------------
-
-_BUILTIN_TYPES = frozenset(
-    {"dict", "list", "tuple", "set", "frozenset", "int", "float", "complex", "str", "bytes",
-     "bytearray", "bool", "NoneType"}
-)  # fmt: skip
-_NUMPY_ALLOWED = {
-    "multiarray": frozenset({"_reconstruct", "scalar"}),
-    "numeric": frozenset({"_frombuffer"}),
-}
-_NUMPY_TOP = frozenset({"ndarray", "dtype"})
-
-
-def _numpy_submodule(name: str):
-    """Import numpy.core.X / numpy._core.X under whichever name this numpy provides."""
-    for prefix in ("numpy._core", "numpy.core"):
-        try:
-            return importlib.import_module(f"{prefix}.{name}")
-        except ImportError:
-            continue
-    raise UnsafePickleError(f"numpy submodule {name!r} not found")
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only allow-listed globals (see the module docstring)."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "builtins" and name in _BUILTIN_TYPES:
-            return getattr(__import__("builtins"), name)
-        if module == "_codecs" and name == "encode":
-            import _codecs
-
-            return _codecs.encode
-        if module == "numpy" and name in _NUMPY_TOP:
-            return getattr(np, name)
-        if module == "numpy.dtypes" and name.endswith("DType"):
-            return getattr(importlib.import_module("numpy.dtypes"), name)
-        for prefix in ("numpy.core.", "numpy._core."):
-            if module.startswith(prefix):
-                sub = module[len(prefix) :]
-                if name in _NUMPY_ALLOWED.get(sub, ()):
-                    return getattr(_numpy_submodule(sub), name)
-        raise UnsafePickleError(f"refusing to load global {module}.{name}: not on the allow-list")
 
 
 def load_pickle(path: str | os.PathLike) -> Any:
     """Read a pickle with the restricted unpickler.
 
     Raises:
-        SchemaError: the path is missing, a directory, unreadable, or not a pickle.
-        UnsafePickleError: the pickle references a forbidden global (nothing executed).
+        SchemaError: the path is missing, a directory, unreadable, or not a (complete) pickle.
+        UnsafePickleError: the pickle asks for a forbidden global, call, size or nesting
+            (nothing outside the allow-list ran).
     """
     p = Path(path)
     src = str(p)
@@ -144,11 +106,11 @@ def load_pickle(path: str | os.PathLike) -> Any:
     except OSError as exc:
         raise SchemaError(src, "file", "a readable file", f"{type(exc).__name__}: {exc}") from exc
     try:
-        return RestrictedUnpickler(io.BytesIO(data)).load()
+        return restricted_loads(data)
     except UnsafePickleError as exc:
-        raise UnsafePickleError(f"{src}: {exc}") from None
+        raise UnsafePickleError(f"{src}: {_clip(str(exc), 200)}") from None
     except Exception as exc:  # corrupt or truncated file: any unpickling failure
-        raise SchemaError(src, "file", "a pickle", f"{type(exc).__name__}: {exc}") from exc
+        raise SchemaError(src, "file", "a pickle", f"{type(exc).__name__}: {_clip(str(exc), 200)}") from None
 
 
 def save_pickle(obj: Any, path: str | os.PathLike) -> None:
@@ -165,23 +127,21 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
-def _describe(v: Any) -> str:
-    if isinstance(v, np.ndarray):
-        return f"array {v.dtype} {list(v.shape)}"
-    return f"{type(v).__name__} {v!r}"[:120]
-
-
 def _check_shape2(rec: Mapping, key: str, src: str) -> None:
     v = rec[key]
-    ok = isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_int(s) and s > 0 for s in v)
+    ok = isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_int(s) and 0 < s < 2**63 for s in v)
     if not ok:
         raise SchemaError(src, key, "(H, W) with two positive ints", _describe(v))
 
 
 def _check_array(
-    rec: Mapping, key: str, shape: tuple, src: str, *, write: bool, floating: bool = True
+    rec: Mapping, key: str, shape: tuple, src: str, *, write: bool, checked: set, floating: bool = True
 ) -> np.ndarray:
-    """Check dtype, shape (None = any) and finiteness of one array field."""
+    """Check dtype, shape (None = any) and finiteness of one array field.
+
+    `checked` holds (id, key) of arrays whose values passed already: an index may share one
+    array among many records, and reading it once per record would make validation quadratic.
+    """
     v = rec[key]
     if not isinstance(v, np.ndarray):
         raise SchemaError(src, key, "a numpy array", _describe(v))
@@ -195,15 +155,15 @@ def _check_array(
     if v.ndim != len(shape) or any(e is not None and e != a for e, a in zip(shape, v.shape)):
         want = "[" + ", ".join("*" if e is None else str(e) for e in shape) + "]"
         raise SchemaError(src, f"{key}.shape", want, list(v.shape))
-    if floating and v.size and not np.isfinite(v).all():
+    if floating and v.size and (id(v), key) not in checked and not np.isfinite(v).all():
         bad = int((~np.isfinite(v)).sum())
         raise SchemaError(src, key, "finite values", f"{bad} NaN/inf values")
+    if key != "keypoint_score":  # its range is checked by the caller
+        checked.add((id(v), key))
     return v
 
 
-def validate_record(
-    rec: Any, *, source: str = "<record>", write: bool = False, require_label: bool = False
-) -> None:
+def validate_record(rec: Any, *, source: str = "<record>", write: bool = False, require_label: bool = False) -> None:
     """Check one pose record against the contract.
 
     Args:
@@ -216,6 +176,10 @@ def validate_record(
     Raises:
         SchemaError: naming the key, the expected and the actual value.
     """
+    _validate_record(rec, source, write=write, require_label=require_label, checked=set())
+
+
+def _validate_record(rec: Any, source: str, *, write: bool, require_label: bool, checked: set) -> None:
     if not isinstance(rec, Mapping):
         raise SchemaError(source, "record", "a dict", _describe(rec))
     required = ["frame_dir", "total_frames", "img_shape", "keypoint", "keypoint_score"]
@@ -227,17 +191,17 @@ def validate_record(
     fd = rec["frame_dir"]
     if not isinstance(fd, str) or not fd:
         raise SchemaError(source, "frame_dir", "a non-empty str", _describe(fd))
-    src = f"{source} [{fd}]"
+    src = f"{source} [{_clip(fd, 80)}]"
     t = rec["total_frames"]
-    if not _is_int(t) or t < 0:
+    if not _is_int(t) or not 0 <= t < 2**63:
         raise SchemaError(src, "total_frames", "an int >= 0", _describe(t))
     _check_shape2(rec, "img_shape", src)
     if "original_shape" in rec:
         _check_shape2(rec, "original_shape", src)
-    kp = _check_array(rec, "keypoint", (None, int(t), NUM_JOINTS, 2), src, write=write)
+    kp = _check_array(rec, "keypoint", (None, int(t), NUM_JOINTS, 2), src, write=write, checked=checked)
     m = kp.shape[0]
-    sc = _check_array(rec, "keypoint_score", (m, int(t), NUM_JOINTS), src, write=write)
-    if sc.size:
+    sc = _check_array(rec, "keypoint_score", (m, int(t), NUM_JOINTS), src, write=write, checked=checked)
+    if sc.size and (id(sc), "keypoint_score") not in checked:
         lo, hi = float(sc.min()), float(sc.max())
         if lo < 0:
             raise SchemaError(src, "keypoint_score", "values in [0, 1]", f"min {lo:.4g}")
@@ -245,23 +209,25 @@ def validate_record(
             if write:
                 raise SchemaError(src, "keypoint_score", "values in [0, 1]", f"max {hi:.4g}")
             log.debug("%s: keypoint_score max %.4g above 1 accepted on read", src, hi)
+        checked.add((id(sc), "keypoint_score"))
     if "label" in rec and (not _is_int(rec["label"]) or rec["label"] < 0):
         raise SchemaError(src, "label", "an int >= 0", _describe(rec["label"]))
-    _validate_provenance(rec, src, m=m, t=int(t), write=write)
+    _validate_provenance(rec, src, m=m, t=int(t), write=write, checked=checked)
 
 
-def _validate_provenance(rec: Mapping, src: str, *, m: int, t: int, write: bool) -> None:
+def _validate_provenance(rec: Mapping, src: str, *, m: int, t: int, write: bool, checked: set) -> None:
     """Check our additions where present."""
     if "fps" in rec:
         fps = rec["fps"]
-        if not isinstance(fps, (int, float, np.floating)) or not math.isfinite(fps) or fps <= 0:
+        number = isinstance(fps, (int, float, np.integer, np.floating)) and not isinstance(fps, bool)
+        if not number or not 0 < fps < 2**63 or not math.isfinite(fps):  # a huge int overflows float
             raise SchemaError(src, "fps", "a finite number > 0", _describe(fps))
     if "person_ids" in rec:
-        _check_array(rec, "person_ids", (m,), src, write=write, floating=False)
+        _check_array(rec, "person_ids", (m,), src, write=write, checked=checked, floating=False)
     if "box" in rec:
-        _check_array(rec, "box", (m, t, 4), src, write=write)
+        _check_array(rec, "box", (m, t, 4), src, write=write, checked=checked)
     if "box_score" in rec:
-        _check_array(rec, "box_score", (m, t), src, write=write)
+        _check_array(rec, "box_score", (m, t), src, write=write, checked=checked)
     if "estimator" in rec:
         est = rec["estimator"]
         keys = ("name", "weights", "version")
@@ -274,7 +240,12 @@ def _validate_provenance(rec: Mapping, src: str, *, m: int, t: int, write: bool)
 
 
 def validate_index(index: Any, *, source: str = "<index>", write: bool = False) -> None:
-    """Check a dataset index: `split` + labelled `annotations`, splits naming existing clips."""
+    """Check a dataset index: `split` + labelled `annotations`, splits naming existing clips.
+
+    Also: no clip in both `<p>train` and `<p>val` of one protocol (`xsub_train` and
+    `xsub_val`; `xsub_train` and `xview_val` may share clips), and where the index has
+    `label_names`, every label indexes it.
+    """
     if not isinstance(index, Mapping):
         raise SchemaError(source, "index", "a dict with 'split' and 'annotations'", _describe(index))
     for key in ("split", "annotations"):
@@ -285,21 +256,48 @@ def validate_index(index: Any, *, source: str = "<index>", write: bool = False) 
         raise SchemaError(source, "annotations", "a list of records", _describe(anns))
     if not isinstance(split, Mapping):
         raise SchemaError(source, "split", "a dict {name: [frame_dir, ...]}", _describe(split))
+    names = index.get("label_names")
+    if names is not None and (not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names)):
+        raise SchemaError(source, "label_names", "a list of class names (str)", _describe(names))
     seen: set[str] = set()
+    checked: set = set()
     for i, rec in enumerate(anns):
-        validate_record(rec, source=f"{source} annotations[{i}]", write=write, require_label=True)
+        where = f"{source} annotations[{i}]"
+        _validate_record(rec, where, write=write, require_label=True, checked=checked)
         fd = rec["frame_dir"]
         if fd in seen:
-            raise SchemaError(source, f"annotations[{i}].frame_dir", "unique frame_dirs", f"duplicate {fd!r}")
+            raise SchemaError(source, f"annotations[{i}].frame_dir", "unique frame_dirs", f"duplicate {_short(fd)}")
         seen.add(fd)
+        if names is not None and rec["label"] >= len(names):
+            raise SchemaError(f"{where} [{_clip(fd, 80)}]", "label", f"an index into label_names "
+                              f"(< {len(names)})", _describe(rec["label"]))  # fmt: skip
     for name, clips in split.items():
-        if not isinstance(name, str) or not isinstance(clips, (list, tuple)):
-            raise SchemaError(source, f"split[{name!r}]", "a list of frame_dir str", _describe(clips))
+        if (
+            not isinstance(name, str)
+            or not isinstance(clips, (list, tuple))
+            or not all(isinstance(c, str) for c in clips)
+        ):
+            raise SchemaError(source, f"split[{_short(name)}]", "a list of frame_dir str", _describe(clips))
         missing = [c for c in clips if c not in seen]
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise SchemaError(source, f"split[{name!r}]", "clips present in annotations",
-                              f"unknown clip {missing[0]!r}{more}")  # fmt: skip
+            raise SchemaError(source, f"split[{_short(name)}]", "clips present in annotations",
+                              f"unknown clip {_short(missing[0])}{more}")  # fmt: skip
+    _check_train_val(split, source)
+
+
+def _check_train_val(split: Mapping, source: str) -> None:
+    """No clip in both `<p>train` and `<p>val` of the same protocol prefix `p`."""
+    for train in split:
+        if not train.endswith("train") or train[:-5] + "val" not in split:
+            continue
+        val = train[:-5] + "val"
+        train_clips = set(split[train])
+        both = [c for c in split[val] if c in train_clips]
+        if both:
+            more = f" (and {len(both) - 1} more)" if len(both) > 1 else ""
+            raise SchemaError(source, f"split[{_short(train)}] / split[{_short(val)}]",
+                              "disjoint train and val clips", f"clip {_short(both[0])} in both{more}")  # fmt: skip
 
 
 def is_index(obj: Any) -> bool:

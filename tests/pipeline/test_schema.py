@@ -9,14 +9,15 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.helpers import make_index, make_record
 from pipeline import schema
 from pipeline.schema import SchemaError, UnsafePickleError
+from tests.helpers import make_index, make_record
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -313,3 +314,78 @@ def test_atomic_write_uses_normal_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o644
+
+
+def test_index_train_val_overlap(index):
+    """A clip in <p>train and <p>val of one protocol is an error; protocols may share clips."""
+    bad = copy.deepcopy(index)
+    bad["split"]["xsub_val"].append(bad["split"]["xsub_train"][0])
+    with pytest.raises(SchemaError, match=r"^i\.pkl: split\['xsub_train'\] / split\['xsub_val'\]: expected disjoint "
+                                          r"train and val clips, got clip 'c000' in both$"):  # fmt: skip
+        schema.validate_index(bad, source="i.pkl")
+    assert index["split"]["xview_val"] == index["split"]["xsub_train"]  # make_index shares them
+    schema.validate_index(index)
+    plain = {"split": {"train": ["c000", "c001", "c002"], "val": ["c002", "c001"]},
+             "annotations": copy.deepcopy(index["annotations"])}  # fmt: skip
+    with pytest.raises(SchemaError, match=r"clip 'c002' in both \(and 1 more\)"):
+        schema.validate_index(plain)
+    with pytest.raises(SchemaError, match="disjoint"):
+        schema.write_index(bad, Path("/nonexistent/never-written.pkl"))
+
+
+def test_index_labels_within_label_names(index):
+    schema.validate_index(dict(index, label_names=["a", "b", "c"]))
+    bad = dict(index, label_names=["a", "b"])
+    with pytest.raises(SchemaError, match=r"^i\.pkl annotations\[2\] \[c002\]: label: expected an index into "
+                                          r"label_names \(< 2\), got int 2$"):  # fmt: skip
+        schema.validate_index(bad, source="i.pkl")
+    for names in ("abc", ["a", 1, "c"], {"a": 0}):
+        with pytest.raises(SchemaError, match="label_names: expected a list of class names"):
+            schema.validate_index(dict(index, label_names=names))
+
+
+def test_index_split_entries_must_be_str(index):
+    bad = copy.deepcopy(index)
+    bad["split"]["xsub_train"] = [["c000"]]
+    with pytest.raises(SchemaError, match=r"split\['xsub_train'\]: expected a list of frame_dir str"):
+        schema.validate_index(bad)
+
+
+def test_error_messages_are_bounded(record):
+    """Values from a file may be huge or deep: messages stay short and are built fast."""
+    huge, deep, laughs = "x" * 10**6, [], [None]
+    for _ in range(100_000):
+        deep = [deep]
+    for _ in range(60):
+        laughs = [laughs, laughs]
+    cases = [dict(record, frame_dir=huge, total_frames=-1), dict(record, total_frames=2**100_000),
+             dict(record, fps=2**100_000), dict(record, label=huge), dict(record, img_shape=(huge, deep)),
+             dict(record, estimator=deep), dict(record, keypoint=laughs), [record] * 10**6]  # fmt: skip
+    for rec in cases:
+        start = time.perf_counter()
+        with pytest.raises(SchemaError) as err:
+            schema.validate_record(rec, source="f.pkl")
+        assert len(str(err.value)) < 400 and time.perf_counter() - start < 0.5, str(err.value)[:1000]
+    index = {"split": {huge: [huge]}, "annotations": []}
+    with pytest.raises(SchemaError) as err:
+        schema.validate_index(index)
+    assert len(str(err.value)) < 400
+
+
+@pytest.mark.parametrize("case,fragment", [
+    ("overlap", "split['xsub_train'] / split['xsub_val']: expected disjoint train and val clips, got clip 'c000'"),
+    ("label", "annotations[2] [c002]: label: expected an index into label_names (< 2), got int 2"),
+])  # fmt: skip
+def test_validate_cli_reports_index_errors(tmp_path, case, fragment):
+    index = make_index(4)
+    if case == "overlap":
+        index["split"]["xsub_val"].append("c000")
+    else:
+        index["label_names"] = ["a", "b"]
+    path = tmp_path / "i.pkl"
+    path.write_bytes(pickle.dumps(index))
+    res = subprocess.run([sys.executable, "-m", "pipeline", "validate", str(path)],
+                         capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 1 and res.stdout == "" and len(lines) == 1, res.stderr
+    assert lines[0].startswith(f"error: {path}") and fragment in lines[0]
