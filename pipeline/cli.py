@@ -1,4 +1,4 @@
-"""The one `main` wrapper of every `python -m <package>` command line (STYLE.md §6).
+"""The one `main` wrapper of every `python -m <package>` command line (docs/architecture.md §8.4).
 
 Parses argv, configures logging (stderr; `-v` for debug), runs the verb's function and turns
 the expected errors into one `error: ...` line on stderr and exit status 1. File-system errors

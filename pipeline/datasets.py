@@ -27,7 +27,7 @@ Registry (`DATASETS`, built with `get_dataset(name, **kwargs)`):
                  sorted, or in the order of an optional classes.txt (one name per line)
 
 NTU facts come from the dataset's README (github.com/shahroudy/NTURGB-D) and its papers;
-see METHOD.md section 12.
+see docs/method.md §12.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ corrupt file, an empty one or a missing one fails here, before any model is load
 order; a background thread decodes ahead into a queue of at most `max_queued` chunks, so a
 long video holds about (max_queued + 2) x chunk_size frames in memory.
 
-Backends (one reader interface; DEPENDENCIES.md §3 measured the speeds):
+Backends (one reader interface; docs/dependencies.md §3 gives the measured speeds):
 
     opencv  cv2.VideoCapture, the default and the fastest here
     pyav    PyAV (`pip install av`); the one backend that reports a frame size change

@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", required=True, help="full split name, e.g. xview_val")
     p.add_argument("--out", required=True)
     p.add_argument("--device", default="auto")
-    p.add_argument("--noise-sigma", type=float, default=0.0, help="Gaussian noise (METHOD §8a)")
+    p.add_argument("--noise-sigma", type=float, default=0.0, help="Gaussian noise (docs/method.md §8a)")
     p.add_argument("--faithful", action=argparse.BooleanOptionalAction, default=None,
                    help="official preprocessing quirks (default: the checkpoint's setting)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=32)

@@ -1,4 +1,4 @@
-"""Read MotionBERT's official checkpoint files into our models (METHOD.md §14).
+"""Read MotionBERT's official checkpoint files into our models (docs/method.md §14).
 
 Two layouts exist, both a dict saved with `torch.save`, keys often prefixed `module.` (DataParallel):
 - pretrained backbone: `{"model_pos": {name: tensor}, "epoch", "lr", "optimizer", ...}` with DSTFormer

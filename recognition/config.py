@@ -1,7 +1,7 @@
 """Stage-2 run configuration: frozen dataclasses whose defaults are MotionBERT's action recipe.
 
 A YAML under `configs/recognition/` lists only what differs; `--set a.b=v` overrides it.
-`faithful: true` switches every item of METHOD.md's faithful table (F1-F9) to the official
+`faithful: true` switches every item of the faithful table (F1-F9, docs/method.md §10) to the official
 code's behaviour, whatever the individual keys say; `resolve()` applies it, and the resolved
 values are what runs, what is written to `config.yaml` and what checkpoints embed.
 """
@@ -43,7 +43,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class MaskCLRConfig:
-    """AGPM + MLCL (METHOD.md §5-6). Off unless `enabled`."""
+    """AGPM + MLCL (docs/method.md §5–6). Off unless `enabled`."""
 
     enabled: bool = False
     start_epoch: int = 0  # the masked path and contrastive losses run from this epoch on

@@ -1,4 +1,4 @@
-"""Torch dataset over PYSKL-format pose records: raw clips in memory, METHOD §2 applied per item.
+"""Torch dataset over PYSKL-format pose records: raw clips in memory, docs/method.md §2 applied per item.
 
 The dataset keeps each record's keypoint/score arrays as they are (compact, variable length) and runs
 `recognition.preprocess.preprocess_clip` in `__getitem__`, so memory stays at the raw size rather than a dense
@@ -76,7 +76,7 @@ class SkeletonDataset(Dataset):
         opts: preprocessing switches.
         seed: base of every random draw.
         num_classes: labels must lie in [0, num_classes).
-        noise_sigma: Gaussian noise of METHOD §8(a) (0: none).
+        noise_sigma: Gaussian noise of docs/method.md §8(a) (0: none).
         noise_per_person: independent noise per person (False: official broadcast, F6).
         skip_bad: skip clips with no data (zero persons or frames, all-zero scores) instead of raising; their names
             go to `self.skipped`.

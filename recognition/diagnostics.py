@@ -1,4 +1,4 @@
-"""Diagnostics of METHOD §8 and §13: AUCs, confusion pairs, class-wise accuracy, pose quality, t-SNE.
+"""Diagnostics of docs/method.md §8 and §13.1: AUCs, confusion pairs, class-wise accuracy, pose quality, t-SNE.
 
 Pure numpy (scikit-learn only inside `tsne_embedding`); no torch, no files. The report (`recognition.report`) turns
 what these return into tables and figures.
@@ -15,7 +15,7 @@ NTU_TWO_PERSON_ACTIONS = frozenset([*range(50, 61), *range(106, 121)])
 
 
 def rise_auc(scores: np.ndarray) -> float | np.ndarray:
-    """RISE's normalised AUC of a curve sampled at n + 1 evenly spaced steps (METHOD §8 e).
+    """RISE's normalised AUC of a curve sampled at n + 1 evenly spaced steps (docs/method.md §8(e)).
 
     AUC = (sum_{i=0..n} s_i - s_0 / 2 - s_n / 2) / n, over the last axis of `scores` [..., n + 1].
     """
@@ -44,7 +44,7 @@ def confusion_matrix(labels: np.ndarray, pred: np.ndarray, num_classes: int) -> 
 
 
 def confusion_scores(conf: np.ndarray) -> np.ndarray:
-    """S_ij = n_ij + n_ji for i != j, 0 on the diagonal (METHOD §8 f); symmetric [C, C]."""
+    """S_ij = n_ij + n_ji for i != j, 0 on the diagonal (docs/method.md §8(f)); symmetric [C, C]."""
     s = conf + conf.T
     np.fill_diagonal(s, 0)
     return s
@@ -72,7 +72,7 @@ def failure_share(conf: np.ndarray, pairs: list[tuple[int, int, int]]) -> float:
 
 
 def class_accuracy(conf: np.ndarray) -> np.ndarray:
-    """n_ii / n_i in percent per class (METHOD §8 g); NaN for a class with no sample."""
+    """n_ii / n_i in percent per class (docs/method.md §8(g)); NaN for a class with no sample."""
     n = conf.sum(axis=1).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(n > 0, 100.0 * np.diag(conf) / n, np.nan)

@@ -1,7 +1,7 @@
 """Evaluation: checkpoint + dataset index + split -> `OUT/{metrics.json, confusion.csv, predictions.npz}`.
 
 MotionBERT's test protocol: one deterministic clip per sample (test resampling, crop scale 2),
-no test-time augmentation. Optional Gaussian noise (METHOD.md §8a) with `noise_sigma`.
+no test-time augmentation. Optional Gaussian noise (docs/method.md §8(a)) with `noise_sigma`.
 `predictions.npz` holds `frame_dir`, `label`, `logits` (float32 [N, C]) and `features`
 ([N, hidden], the head's 2048-d hidden h).
 """

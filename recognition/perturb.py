@@ -1,14 +1,15 @@
-"""Perturbations of METHOD §8 (robustness protocols): pure numpy functions on clip arrays.
+"""Perturbations of docs/method.md §8 (robustness protocols): pure numpy functions on clip arrays.
 
 Each perturbation is a pure function of its inputs and an explicit `np.random.Generator`; nothing here seeds a global
-RNG or touches torch. Where each one plugs into the preprocessing of METHOD §2 (`SPACE`):
+RNG or touches torch. Where each one plugs into the preprocessing of docs/method.md §2 (`SPACE`):
 
 - "screen": screen-normalised space (`make_cam`, [-1, 1]), before tracking, the COCO -> H36M conversion, resampling and
-  `crop_scale`; this is where METHOD §8(a) adds Gaussian noise. `recognition.preprocess.preprocess_clip` applies the
-  Gaussian noise itself (`noise_sigma`); any other screen-space perturbation goes through `perturb_pixels`, which maps
-  pixels to that space, applies it and maps back, so `preprocess_clip` then sees the perturbed clip.
-- "model": model-input space [M, T, V, 3] (channels x, y, conf), i.e. after `crop_scale`: shifted joints (§8 c),
-  targeted and random masking (§8 d), RISE deletion/insertion (§8 e).
+  `crop_scale`; this is where docs/method.md §8(a) adds Gaussian noise. `recognition.preprocess.preprocess_clip`
+  applies the Gaussian noise itself (`noise_sigma`); any other screen-space perturbation goes through
+  `perturb_pixels`, which maps pixels to that space, applies it and maps back, so `preprocess_clip` then sees the
+  perturbed clip.
+- "model": model-input space [M, T, V, 3] (channels x, y, conf), i.e. after `crop_scale`: shifted joints (§8(c)),
+  targeted and random masking (§8(d)), RISE deletion/insertion (§8(e)).
 
 Axis letters: M persons, T frames, V joints, C channels.
 """
@@ -28,7 +29,7 @@ __all__ = ["SPACE", "gaussian_noise", "spatial_noise", "perturb_pixels", "shift_
 
 
 def gaussian_noise(xy: np.ndarray, sigma: float, rng: np.random.Generator, *, per_person: bool) -> np.ndarray:
-    """METHOD §8(a): xy [M, T, V, 2] + N(0, sigma^2) i.i.d. per frame, joint and coordinate, clipped to [-1, 1].
+    """docs/method.md §8(a): xy [M, T, V, 2] + N(0, sigma^2) i.i.d. per frame, joint, coordinate, clipped to [-1, 1].
 
     `per_person=False` is the official broadcast of one [T, V, 2] draw to every person (switch F6). sigma = 0 returns
     xy unchanged (no draw). The same function `preprocess_clip` uses.
@@ -39,7 +40,7 @@ def gaussian_noise(xy: np.ndarray, sigma: float, rng: np.random.Generator, *, pe
 
 
 def spatial_noise(xy: np.ndarray, sigma: float, rng: np.random.Generator, *, per_person: bool = True) -> np.ndarray:
-    """METHOD §8(b): one offset N(0, sigma^2) per (person, joint, coordinate), the same in every frame; clipped.
+    """docs/method.md §8(b): one offset N(0, sigma^2) per (person, joint, coordinate), constant over frames; clipped.
 
     Args:
         xy: [M, T, V, 2] screen-normalised coordinates.
@@ -63,7 +64,7 @@ def perturb_pixels(keypoint: np.ndarray, img_shape: tuple[int, int],
     """Apply a screen-space perturbation `fn` to pixel keypoints [M, T, V, 2]; returns float64 pixels.
 
     Pixels -> `normalize_screen` -> fn -> pixels, so that `preprocess_clip` (which normalises again) sees exactly
-    fn's output in screen space (up to float64 rounding): the insertion point of METHOD §8(a).
+    fn's output in screen space (up to float64 rounding): the insertion point of docs/method.md §8(a).
     """
     side = max(img_shape)
     xy = fn(normalize_screen(keypoint, img_shape))  # [M, T, V, 2] in [-1, 1]
@@ -71,7 +72,7 @@ def perturb_pixels(keypoint: np.ndarray, img_shape: tuple[int, int],
 
 
 def shift_joints(x: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """METHOD §8(c): move k random joints to random points inside each frame's skeleton box (model-input space).
+    """docs/method.md §8(c): move k random joints to random points in each frame's skeleton box (model-input space).
 
     The k distinct joints are drawn once per clip (the same joints for every person); in every frame each of them gets
     a new (x, y) drawn uniformly in that person's bounding box over its valid joints (conf > 0) of that frame, computed
@@ -104,7 +105,7 @@ def shift_joints(x: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.nd
 
 
 def top_k_joint_mask(scores: np.ndarray, k: int) -> np.ndarray:
-    """Bool mask [..., T, V], True on the k highest-scoring joints of each frame (METHOD §8 d, targeted masking).
+    """Targeted masking (docs/method.md §8(d)): bool mask [..., T, V], True on the k top-scoring joints of each frame.
 
     Args:
         scores: [..., T, V] attention received per token (`ActionOutput.activation`).
@@ -133,7 +134,7 @@ def zero_tokens(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def token_ranks(saliency: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rank of every token of a clip by decreasing saliency, valid tokens first (RISE units, METHOD §8 e).
+    """Rank of every token of a clip by decreasing saliency, valid tokens first (RISE units, docs/method.md §8(e)).
 
     Args:
         saliency: [N, M, T, V] per-token saliency (e.g. attention received).

@@ -1,7 +1,7 @@
-"""Per-clip preprocessing of METHOD §2: PYSKL COCO-17 keypoints -> DSTFormer input [M=2, T, V=17, C=3].
+"""Per-clip preprocessing of docs/method.md §2: PYSKL COCO-17 keypoints -> DSTFormer input [M=2, T, V=17, C=3].
 
-Pure numpy, importable without torch. Each step of METHOD §2 is one function; `preprocess_clip` chains them in the
-exact order of §2, with the Gaussian noise of §8(a) inserted in screen-normalised space before tracking. All
+Pure numpy, importable without torch. Each step of docs/method.md §2 is one function; `preprocess_clip` chains them
+in the exact order of §2, with the Gaussian noise of §8(a) inserted in screen-normalised space before tracking. All
 randomness comes from an explicit `np.random.Generator` argument; nothing here seeds a global RNG.
 
 Axis letters: M persons, T frames (T0 = the raw length), V joints, C channels (x, y, conf).
@@ -16,7 +16,7 @@ import numpy as np
 NUM_JOINTS = 17
 CONF_ORDERS = ("h36m", "coco")
 
-# H36M-17 joint -> COCO-17 joint, for the joints that are copied (METHOD §2 step 4). Ears (3, 4) are dropped.
+# H36M-17 joint -> COCO-17 joint, for the joints that are copied (docs/method.md §2 step 4). Ears (3, 4) are dropped.
 _H36M_FROM_COCO = {1: 12, 2: 14, 3: 16, 4: 11, 5: 13, 6: 15, 9: 0, 11: 5, 12: 7, 13: 9, 14: 6, 15: 8, 16: 10}
 
 
@@ -65,7 +65,7 @@ def faithful_options(**overrides) -> PreprocessOptions:
 
 def resample_indices(t_orig: int, clip_len: int, *, train: bool,
                      rng: np.random.Generator | None = None) -> np.ndarray:
-    """Frame indices [clip_len] into a clip of `t_orig` frames (METHOD §2 step 1).
+    """Frame indices [clip_len] into a clip of `t_orig` frames (docs/method.md §2 step 1).
 
     With e_k = k * t_orig / clip_len: test takes floor(e_k); train with t_orig < clip_len takes floor or ceil of e_k
     (1/2 each), sorted; train with t_orig >= clip_len takes floor(e_k + U(0,1) * t_orig / clip_len). Train indices
@@ -88,14 +88,14 @@ def resample_indices(t_orig: int, clip_len: int, *, train: bool,
 
 
 def normalize_screen(xy: np.ndarray, img_shape: tuple[int, int]) -> np.ndarray:
-    """Pixels -> [-1, 1] by the longer image side: xy / max(H, W) * 2 - 1 (`make_cam`, METHOD §2 step 2)."""
+    """Pixels -> [-1, 1] by the longer image side: xy / max(H, W) * 2 - 1 (`make_cam`, docs/method.md §2 step 2)."""
     h, w = img_shape
     return np.asarray(xy, dtype=np.float64) / max(h, w) * 2 - 1
 
 
 def add_gaussian_noise(xy: np.ndarray, sigma: float, rng: np.random.Generator, *,
                        per_person: bool) -> np.ndarray:
-    """xy [M, T, V, 2] + N(0, sigma^2) i.i.d. per frame, joint and coordinate, clipped to [-1, 1] (METHOD §8 a).
+    """xy [M, T, V, 2] + N(0, sigma^2) i.i.d. per frame, joint, coordinate, clipped to [-1, 1] (docs/method.md §8(a)).
 
     Args:
         xy: screen-normalised coordinates (after `normalize_screen`).
@@ -110,7 +110,7 @@ def add_gaussian_noise(xy: np.ndarray, sigma: float, rng: np.random.Generator, *
 
 def track_two_persons(xy: np.ndarray, conf: np.ndarray, *,
                       swap_conf: bool) -> tuple[np.ndarray, np.ndarray]:
-    """MotionBERT's `human_tracking` (METHOD §2 step 3) on xy [M, T, V, 2] and conf [M, T, V].
+    """MotionBERT's `human_tracking` (docs/method.md §2 step 3) on xy [M, T, V, 2] and conf [M, T, V].
 
     d0_t = sum_j |p0_{t+1,j} - p0_{t,j}|, d1_t = sum_j |p0_{t+1,j} - p1_{t,j}|, both on the raw slots; persons are
     swapped at frame t+1 wherever cumsum(d0 > d1) is odd. conf is swapped too only if `swap_conf` (F4). M != 2 is
@@ -130,7 +130,7 @@ def track_two_persons(xy: np.ndarray, conf: np.ndarray, *,
 
 
 def coco_to_h36m(x: np.ndarray) -> np.ndarray:
-    """COCO-17 -> H36M-17 joint order on x [..., V=17, C] (METHOD §2 step 4); derived joints are means."""
+    """COCO-17 -> H36M-17 joint order on x [..., V=17, C] (docs/method.md §2 step 4); derived joints are means."""
     assert x.shape[-2] == NUM_JOINTS, x.shape
     y = np.empty(x.shape, dtype=np.float64)  # [..., 17, C]
     for h36m, coco in _H36M_FROM_COCO.items():
@@ -151,7 +151,7 @@ def random_move(x: np.ndarray, rng: np.random.Generator, *,
                 angle_range: tuple[float, float] = (-10.0, 10.0),
                 scale_range: tuple[float, float] = (0.9, 1.1),
                 translate_range: tuple[float, float] = (-0.1, 0.1)) -> np.ndarray:
-    """Random rotation/scale/translation, interpolated linearly from the first to the last frame (METHOD §2 step 7).
+    """Random rotation/scale/translation, interpolated linearly from first to last frame (docs/method.md §2 step 7).
 
     Acts on x, y of every person (the zero person included) of x [M, T, V, C>=2]; other channels are kept.
     """
@@ -173,7 +173,7 @@ def random_move(x: np.ndarray, rng: np.random.Generator, *,
 
 def crop_scale(x: np.ndarray, ratio: float | tuple[float, float],
                rng: np.random.Generator | None = None) -> np.ndarray:
-    """Centre the clip's box of valid joints and scale its larger side to span 2 / ratio (METHOD §2 step 8).
+    """Centre the clip's box of valid joints and scale its larger side to span 2 / ratio (docs/method.md §2 step 8).
 
     Args:
         x: [M, T, V, 3] with conf in channel 2; a joint is valid where conf != 0.
@@ -202,7 +202,7 @@ def crop_scale(x: np.ndarray, ratio: float | tuple[float, float],
 
 def select_two_persons(keypoint: np.ndarray,
                        score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Keep the two persons with the highest summed score (METHOD §2, Kinetics proposal).
+    """Keep the two persons with the highest summed score (docs/method.md §2.1, Kinetics proposal).
 
     Args:
         keypoint: [M, T, V, 2]; score: [M, T, V].
@@ -223,7 +223,7 @@ def preprocess_clip(keypoint: np.ndarray, score: np.ndarray, img_shape: tuple[in
                     opts: PreprocessOptions, rng: np.random.Generator | None, noise_sigma: float = 0.0,
                     noise_per_person: bool = True, indices: np.ndarray | None = None,
                     clip_name: str = "<clip>") -> np.ndarray:
-    """One raw clip -> model input, following METHOD §2 in order.
+    """One raw clip -> model input, following docs/method.md §2 in order.
 
     Args:
         keypoint: [M, T0, 17, 2] pixels, COCO order, M in {1, 2} (see `select_two_persons`).
@@ -231,7 +231,7 @@ def preprocess_clip(keypoint: np.ndarray, score: np.ndarray, img_shape: tuple[in
         img_shape: (H, W).
         train: training path (random resample, random_move, random crop ratio) or deterministic test path.
         rng: source of all randomness; may be None on the test path without noise.
-        noise_sigma: Gaussian noise of METHOD §8(a), added in screen space before tracking; 0 disables it.
+        noise_sigma: Gaussian noise of docs/method.md §8(a), added in screen space before tracking; 0 disables it.
         noise_per_person: independent noise per person (False: official broadcast, F6).
         indices: precomputed frame indices [clip_len] (F5: drawn once per dataset); None draws them here.
         clip_name: named in error messages.

@@ -1,10 +1,11 @@
 """Robustness report: trained runs x pose indexes -> `OUT/{metrics.json, <section>.csv, <section>.png, report.html}`.
 
 `python -m recognition report --runs RUN_DIR... --data INDEX... --out DIR [--config configs/report/default.yaml]`.
-Sections (METHOD §8, laid out as the seed's tables and figures, §13): clean accuracy; accuracy vs Gaussian noise σ
-and vs spatial-only noise σ; vs shifted joints k; targeted vs random masking; RISE deletion/insertion with attention
-saliency; failure analysis (confusion pairs, class-wise accuracy, confusion matrices, t-SNE of the hidden features,
-attention over time); the cross-estimator table; pose quality (Table 3) and one clip clean vs noisy (Figure 2).
+Sections (docs/method.md §8, laid out as the seed's tables and figures, §13.1): clean accuracy; accuracy vs Gaussian
+noise σ and vs spatial-only noise σ; vs shifted joints k; targeted vs random masking; RISE deletion/insertion with
+attention saliency; failure analysis (confusion pairs, class-wise accuracy, confusion matrices, t-SNE of the hidden
+features, attention over time); the cross-estimator table; pose quality (Table 3) and one clip clean vs noisy
+(Figure 2).
 
 The first `--data` index is the one every sweep uses; all of them enter the cross-estimator and pose-quality tables.
 Run A is the first `--runs` entry: failure-analysis tables rank by it and give the others' values beside it.
@@ -55,10 +56,10 @@ class ReportConfig:
 
     Attributes:
         seeds: seeds of every random perturbation; tables give the mean (and std) over them.
-        sigmas: Gaussian noise levels (METHOD §8 a), screen-normalised units.
-        spatial_sigmas: spatial-only noise levels (§8 b).
-        shift_ks: numbers of shifted joints (§8 c); k = 0 (clean) is added.
-        mask_ks: joints masked per frame, targeted and random (§8 d).
+        sigmas: Gaussian noise levels (docs/method.md §8(a)), screen-normalised units.
+        spatial_sigmas: spatial-only noise levels (§8(b)).
+        shift_ks: numbers of shifted joints (§8(c)); k = 0 (clean) is added.
+        mask_ks: joints masked per frame, targeted and random (§8(d)).
         noise_per_person: Gaussian noise independent per person (True) or broadcast (False, F6); None: each run's
             own resolved setting.
         failure_sigma: the σ of the noisy failure analysis (confusion pairs, class-wise accuracy, matrices).
@@ -199,7 +200,7 @@ class Report:
                              str(self.main.path), "--split", self.main.split, "--out", f"eval_{r.name}"])
                  for r in self.runs]  # fmt: skip
         return Section("accuracy", "Clean accuracy",
-                       "One deterministic clip per sample (METHOD §8). `evaluate` gives the same top-1:",
+                       "One deterministic clip per sample (docs/method.md §8). `evaluate` gives the same top-1:",
                        ["run", "checkpoint", "sha256", "faithful", "Gaussian noise", "split", "n", "top1", "top5"],
                        rows, metrics=metrics, notes=notes)  # fmt: skip
 
@@ -215,7 +216,7 @@ class Report:
                      str(self.main.path), "--split", self.main.split, "--out", f"eval_{run.name}_sigma{sig:g}",
                      "--noise-sigma", f"{sig:g}"]))  # fmt: skip
         text = ("Gaussian noise N(0, σ²) on every joint and frame in screen-normalised space, before tracking, "
-                "resampling and crop_scale (METHOD §8 a). Noise mode per run: "
+                "resampling and crop_scale (docs/method.md §8 a). Noise mode per run: "
                 + "; ".join(f"{r.name}: {self.noise_mode(r)}" for r in self.runs) + ".")  # fmt: skip
         return Section("gaussian_noise", "Accuracy vs Gaussian noise σ", text,
                        ["run", "sigma", "top1_mean", "top1_std", *[f"top1_seed{s}" for s in self.cfg.seeds]], rows,
@@ -227,7 +228,7 @@ class Report:
         rows, metrics = self.seeded_sweep("spatial", xs)
         return Section("spatial_noise", "Accuracy vs spatial-only noise σ",
                        "One offset N(0, σ²) per person and joint, the same in every frame, added where the Gaussian "
-                       "noise is (METHOD §8 b).",
+                       "noise is (docs/method.md §8 b).",
                        ["run", "sigma", "top1_mean", "top1_std", *[f"top1_seed{s}" for s in self.cfg.seeds]], rows,
                        self.curve_figure(xs, metrics, xlabel="σ", title="Spatial-only noise", categorical=True),
                        metrics)  # fmt: skip
@@ -237,7 +238,7 @@ class Report:
         rows, metrics = self.seeded_sweep("shift", xs)
         return Section("shifted_joints", "Accuracy vs shifted joints k",
                        "k random joints per clip moved, in every frame, to a uniform random point of that frame's "
-                       "skeleton bounding box, in model-input space after crop_scale; confidences kept (METHOD §8 c).",
+                       "skeleton bounding box, in model-input space after crop_scale; confidences kept (docs/method.md §8 c).",
                        ["run", "k", "top1_mean", "top1_std", *[f"top1_seed{s}" for s in self.cfg.seeds]], rows,
                        self.curve_figure(xs, metrics, xlabel="shifted joints k", title="Shifted joints",
                                          categorical=False), metrics)  # fmt: skip
@@ -280,7 +281,7 @@ class Report:
         return Section("masking", "Targeted vs random masking",
                        "Zero (x, y, conf) of the k joints per frame that receive the most last-layer attention in the "
                        "clean pass (targeted) or of k random joints (random, mean over seeds), in model-input space "
-                       "(METHOD §8 d). `prob` is the mean softmax probability of the clean-predicted class; the rows "
+                       "(docs/method.md §8 d). `prob` is the mean softmax probability of the clean-predicted class; the rows "
                        "k = AUC give the normalised area under each curve over k (RISE formula, trapezoid).",
                        ["run", "method", "k", "top1", "prob"], rows, png_bytes(fig), metrics)  # fmt: skip
 
@@ -326,7 +327,7 @@ class Report:
                        f"clean pass; {steps} steps over {len(clips)} clips; deletion replaces tokens by zeros, "
                        f"insertion starts from the all-zero input. Score: softmax probability of the "
                        f"clean-predicted class. "
-                       f"AUC = (Σ s_i − s_0/2 − s_n/2) / n (METHOD §8 e).",
+                       f"AUC = (Σ s_i − s_0/2 − s_n/2) / n (docs/method.md §8 e).",
                        ["run", "saliency", "deletion_auc", "insertion_auc"], rows, png_bytes(fig), metrics)  # fmt: skip
 
     def _conditions(self) -> dict[str, dict[str, dict]]:
@@ -363,7 +364,7 @@ class Report:
             metrics[cond]["failure_share_pct"] = dict(zip([r.name for r in self.runs], shares))
             metrics[cond]["own_top_share_pct"] = dict(zip([r.name for r in self.runs], own))
         return Section("confusion_pairs", f"Most confused class pairs (top {self.cfg.top_pairs} of {a})",
-                       f"Confusion score S_ij = n_ij + n_ji (METHOD §8 f), pairs ranked for {a}, the same pairs' "
+                       f"Confusion score S_ij = n_ij + n_ji (docs/method.md §8 f), pairs ranked for {a}, the same pairs' "
                        f"scores for every run (the seed's Table 4), clean and at Gaussian σ = "
                        f"{self.cfg.failure_sigma:g} (seed {self.cfg.seeds[0]}).",
                        ["condition", "rank", "class_i", "class_j", *[f"S_{r.name}" for r in self.runs]], rows,
@@ -383,7 +384,7 @@ class Report:
                 cols.append(accs[r.name] - accs[a])
         rows = [[n, *[float(c[i]) for c in cols]] for i, n in enumerate(self.label_names)]
         return Section("classwise_accuracy", "Class-wise accuracy",
-                       f"n_ii / n_i per class (METHOD §8 g), clean and at σ = {self.cfg.failure_sigma:g}; "
+                       f"n_ii / n_i per class (docs/method.md §8 g), clean and at σ = {self.cfg.failure_sigma:g}; "
                        f"differences are against {a}.", header, rows, metrics=metrics)  # fmt: skip
 
     def _confusion_matrices(self) -> Section:
@@ -470,7 +471,7 @@ class Report:
                                                           "predicted": self.label_names[pred]}  # fmt: skip
         return Section("attention", "Attention over time",
                        "Attention each joint receives in the last layer's spatial attention (heads averaged, summed "
-                       "over queries, METHOD §5.1), person 0, clean input; joints × frames, runs side by side (the "
+                       "over queries, docs/method.md §5.1), person 0, clean input; joints × frames, runs side by side (the "
                        "seed's Figure 9). Clips: " + ", ".join(clips) + ".", figure=png_bytes(fig), metrics=metrics)
 
     def _cross_estimator(self) -> Section:

@@ -1,4 +1,4 @@
-"""Robustness sweeps of METHOD §8 with a result cache: (run, data, perturbation, seed) -> logits or curves.
+"""Robustness sweeps of docs/method.md §8 with a result cache: (run, data, perturbation, seed) -> logits or curves.
 
 Every evaluation result is stored under `CACHE_DIR/<key hash>.npz` (arrays) beside `<key hash>.json` (the key, for
 people). The key is (CACHE_VERSION, the checkpoint's and the data file's sha256, the split and its clip list, the
@@ -244,7 +244,7 @@ def _layer_attention(model, layers: list[int]) -> Iterator[dict[int, torch.Tenso
 
 @torch.no_grad()
 def token_saliency(run: RunContext, x: torch.Tensor, layers: list[int]) -> dict[int, np.ndarray]:
-    """Attention each token receives [N, M, T, V] (METHOD §5.1) from the spatial attention of each layer in `layers`.
+    """Attention received per token [N, M, T, V] (docs/method.md §5.1) from the spatial attention of each of `layers`.
 
     Layer indices are normalised to 0..depth-1; the last layer uses the backbone's `return_attention` path.
     """

@@ -265,7 +265,7 @@ def run_train(cfg: TrainConfig, *, data: str | Path, split: str, out: str | Path
     if env.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(core, device_ids=[env.device] if env.device.type == "cuda" else None)
     if cfg.maskclr.enabled and cfg.maskclr.cc_detach and cfg.maskclr.cl_type == "tcl":
-        log.warning("faithful L_cc: built from detached logits, it has NO gradient and is only logged (METHOD F1)")
+        log.warning("faithful L_cc: built from detached logits, it has NO gradient and is only logged (switch F1, docs/method.md §10)")
 
     run_cfg = to_dict(cfg)
     if env.main:

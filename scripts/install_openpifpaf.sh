@@ -3,7 +3,7 @@
 #
 #   scripts/install_openpifpaf.sh [VENV]        (default .venv; `make install-openpifpaf` calls it)
 #
-# Why a build (DEPENDENCIES.md §7, §12): openpifpaf has no wheel for this Python/torch. The
+# Why a build (docs/dependencies.md §4.2): openpifpaf has no wheel for this Python/torch. The
 # sdist's setup.py hard-codes -std=c++17 while torch 2.14's headers need C++20, so we patch
 # the flag; --no-build-isolation builds against the venv's own torch (an isolated build env
 # would fetch another one); --no-cache-dir because pip's wheel cache is keyed by the sdist

@@ -3,7 +3,7 @@
 #
 #   scripts/make_mediapipe_venv.sh [VENV]       (default .venv-mediapipe; the Makefile calls it)
 #
-# Why a separate venv (DEPENDENCIES.md §8): mediapipe 0.10.21 is the last release whose wheel
+# Why a separate venv (docs/dependencies.md §4.3): mediapipe 0.10.21 is the last release whose wheel
 # ships the legacy pose solution and its model (pose_landmark_full.tflite, so BlazePose runs
 # offline), and it requires numpy<2 and protobuf<5, which the main .venv (numpy 2.x, opencv
 # 5) cannot hold. pose_extraction imports only pipeline (numpy + yaml) and never recognition,

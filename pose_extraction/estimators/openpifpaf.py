@@ -1,7 +1,7 @@
 """OpenPifPaf (bottom-up, no detector) through the `openpifpaf-vita` package.
 
 openpifpaf-vita 0.14.2 has no wheel for this torch: the project builds it against the venv's
-torch with `make install-openpifpaf` (`scripts/install_openpifpaf.sh`; DEPENDENCIES.md §12).
+torch with `make install-openpifpaf` (`scripts/install_openpifpaf.sh`; docs/dependencies.md §4.2).
 Published checkpoints (`shufflenetv2k16`, `shufflenetv2k30`, `resnet50`) are whole pickled
 models, `{'model': <openpifpaf.network.nets.Shell>, 'epoch': ..., 'meta': ...}`: unpickling
 them runs arbitrary code, so this adapter loads one only from the path it is given, which the

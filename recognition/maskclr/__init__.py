@@ -1,1 +1,1 @@
-"""MaskCLR pieces that are not model code: AGPM masking (`agpm`) and the MLCL losses (`losses`), METHOD.md §5–6."""
+"""MaskCLR pieces that are not model code: AGPM masking (`agpm`) and MLCL losses (`losses`), docs/method.md §5–6."""

@@ -1,4 +1,4 @@
-"""Attention-guided probabilistic masking (AGPM), METHOD.md §5.
+"""Attention-guided probabilistic masking (AGPM), docs/method.md §5.
 
 Pure tensor functions. The model supplies the spatial attention probabilities of its last ST block
 (`[N, M, T, H, V, V]`, rows = queries) and consumes a bool token mask `[N, M, T, V]` (True = replace that token's

@@ -1,4 +1,4 @@
-"""MaskCLR's multi-level contrastive losses (MLCL), METHOD.md §6.
+"""MaskCLR's multi-level contrastive losses (MLCL), docs/method.md §6.
 
 - `adjusted_nt_xent`: NT-Xent over two views with a per-pair weight on the positive (§6.2).
 - `sample_confidence`: the weight p of L_sc; `dim=0` is the official batch-softmax quirk (switch F2).

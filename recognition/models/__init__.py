@@ -1,4 +1,4 @@
-"""Backbone registry: short name → lazily imported "module:Class" (STYLE.md §5).
+"""Backbone registry: short name → lazily imported "module:Class" (docs/architecture.md §8.2).
 
 A backbone maps poses to per-token representations; the contract is the `Backbone` protocol below,
 and `get_backbone_class` returns the class for a registered name. Import paths live only here.
@@ -24,7 +24,7 @@ class Backbone(Protocol):
     optional bool token_mask [B, T, V], and returns rep [B, T, V, dim_rep], or (rep, attn) with attn
     [B, T, H, V, V] when return_attention is True (its own layout for other backbones).
     `token_activation(attn)` turns that attention into the attention each (frame, joint) token
-    receives, [B, T, V], detached (METHOD.md §5.1: heads averaged, summed over queries).
+    receives, [B, T, V], detached (docs/method.md §5.1: heads averaged, summed over queries).
     A backbone without a mask token implements token_mask by zeroing the masked input joints. The class has a `PRESETS` dict of size presets
     (name → constructor kwargs) and a keyword-only constructor accepting those kwargs plus
     `num_joints`, `maxlen` and `use_mask_token`.

@@ -1,4 +1,4 @@
-"""Action model: a backbone (DSTFormer) plus MotionBERT's classification head (METHOD.md §4).
+"""Action model: a backbone (DSTFormer) plus MotionBERT's classification head (docs/method.md §4).
 
 Input  x:      [N, M, T, V, 3] poses (M persons, the padded one all zeros).
 Output logits: [N, num_classes]; features: the 2048-d hidden h [N, hidden_dim]; on request the backbone's
@@ -121,7 +121,7 @@ def build_action_model(
         num_joints: V.
         dim_feat, dim_rep, depth, num_heads, mlp_ratio: override the preset's value when not None.
         backbone_options: further keyword arguments of the backbone class (e.g. the transformer's
-            `faithful_residual_bug`, METHOD switch F9).
+            `faithful_residual_bug`, switch F9 of docs/method.md §10).
     """
     backbone_cls = get_backbone_class(backbone)
     if preset not in backbone_cls.PRESETS:
@@ -137,6 +137,6 @@ def build_action_model(
 
 
 def count_state_numbers(model: nn.Module) -> int:
-    """Numbers in the state dict (parameters and buffers, BN running stats included), as METHOD.md §14 counts."""
+    """Numbers in the state dict (parameters and buffers, BN running stats included), as docs/method.md §14 counts."""
     return sum(t.numel() for t in model.state_dict().values())
 

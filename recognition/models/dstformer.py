@@ -1,6 +1,6 @@
-"""DSTFormer, the dual-stream spatio-temporal transformer of MotionBERT (METHOD.md §3, §5.2).
+"""DSTFormer, the dual-stream spatio-temporal transformer of MotionBERT (docs/method.md §3, §5.2).
 
-Our own implementation with MotionBERT's exact parameter names and shapes (METHOD.md §14), so the
+Our own implementation with MotionBERT's exact parameter names and shapes (docs/method.md §14), so the
 official `model_pos` (pretrained) and `model` (action-finetuned) checkpoints load with strict=True.
 
 Input  x:   [B, T, V, C_in] with B = N·M sequences (one per person), T ≤ maxlen frames, V joints.
@@ -131,7 +131,7 @@ class Block(nn.Module):
 
 
 class DSTFormer(nn.Module):
-    """MotionBERT's DSTFormer backbone (METHOD.md §3), optionally with MaskCLR's mask token (§5.2).
+    """MotionBERT's DSTFormer backbone (docs/method.md §3), optionally with MaskCLR's mask token (§5.2).
 
     Args:
         dim_in: input channels per joint (x, y, confidence).
@@ -196,7 +196,7 @@ class DSTFormer(nn.Module):
 
     @staticmethod
     def token_activation(attn: Tensor) -> Tensor:
-        """Joint activation (METHOD.md §5.1): attn [B, T, H, V, V] -> [B, T, V], detached.
+        """Joint activation (docs/method.md §5.1): attn [B, T, H, V, V] -> [B, T, V], detached.
 
         Heads averaged, then summed over queries: the attention each joint receives in its frame.
         """
@@ -204,7 +204,7 @@ class DSTFormer(nn.Module):
             return attn.detach().float().mean(dim=2).sum(dim=-2)  # [B, T, V, V] -> [B, T, V]
 
     def reset_parameters(self) -> None:
-        """METHOD.md §3 init: trunc-normal(0.02) Linear weights and embeddings, zero biases, LayerNorm 1/0,
+        """docs/method.md §3.6 init: trunc-normal(0.02) Linear weights and embeddings, zero biases, LayerNorm 1/0,
         then the fusion linears weight 0 / bias 0.5 so each stream starts at weight ½."""
         for m in self.modules():
             if isinstance(m, nn.Linear):

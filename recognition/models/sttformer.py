@@ -1,4 +1,4 @@
-"""STTFormer, the spatio-temporal tuples transformer of Qiu et al. 2022 (METHOD.md §9.2).
+"""STTFormer, the spatio-temporal tuples transformer of Qiu et al. 2022 (docs/method.md §9.2).
 
 Our own implementation of heleiqiu/STTFormer's `Model` + `STA_Block`, as a backbone giving per-token
 representations for MotionBERT's head.
@@ -114,7 +114,7 @@ class STABlock(nn.Module):
 
 
 class STTFormer(nn.Module):
-    """STTFormer backbone (METHOD.md §9.2); see the module docstring for tuples, attention layout and masking.
+    """STTFormer backbone (docs/method.md §9.2); see the module docstring for tuples, attention layout and masking.
 
     Args:
         blocks: the STA block table, one (in, out, qkv_dim) per block; in of block 1 is the input map width.

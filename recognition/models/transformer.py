@@ -1,4 +1,4 @@
-"""Vanilla skeleton transformer, MAMP's ViT-style encoder as MaskCLR ports it (METHOD.md §9.1).
+"""Vanilla skeleton transformer, MAMP's ViT-style encoder as MaskCLR ports it (docs/method.md §9.1).
 
 Our own implementation. Tokens are one joint over `t_patch` consecutive frames: a clip [B, T, V, 3]
 becomes T' = T / t_patch frames of V tokens, embedded by Linear(t_patch·3 → D) (MAMP's Conv2d with a
@@ -10,7 +10,7 @@ repeated over its t_patch frames, giving rep [B, T, V, dim_rep] for MotionBERT's
 Differences from MaskCLR's `MAMPformer` port, on purpose:
 - one stack of `depth` blocks (the port chains 3 "encoder" + Linear + 2 "decoder" blocks with a second set
   of positional embeddings, an artefact of MAE pre-training);
-- the residual is x + attn(x); the port computes x = 2·attn(x) (METHOD switch F9), reproduced only with
+- the residual is x + attn(x); the port computes x = 2·attn(x) (switch F9, docs/method.md §10), reproduced only with
   `faithful_residual_bug=True`;
 - `base` uses mlp_ratio 4 (FFN 2048, the project's spec); the port's config has mlp_ratio 2 (preset
   `maskclr`).
@@ -100,7 +100,7 @@ class Block(nn.Module):
 
 
 class SkeletonTransformer(nn.Module):
-    """Global joint-time transformer over (frame patch, joint) tokens (METHOD.md §9.1).
+    """Global joint-time transformer over (frame patch, joint) tokens (docs/method.md §9.1).
 
     Args:
         dim_in: input channels per joint (x, y, confidence).
@@ -115,7 +115,8 @@ class SkeletonTransformer(nn.Module):
         qkv_bias: bias in the qkv projections.
         use_mask_token: add the learnable `mask_token` that replaces masked patch embeddings.
         explicit_attention: explicit softmax(QKᵀ·scale)·V in every block instead of the fused kernel.
-        faithful_residual_bug: reproduce the MaskCLR port's x = 2·attn(x) (METHOD switch F9); off by default.
+        faithful_residual_bug: reproduce the MaskCLR port's x = 2·attn(x) (switch F9, docs/method.md §10);
+            off by default.
     """
 
     PRESETS = TRANSFORMER_PRESETS

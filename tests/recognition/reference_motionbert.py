@@ -1,4 +1,4 @@
-"""Independent reference of MotionBERT's action model forward (METHOD.md §3-4), eval mode, for tests.
+"""Independent reference of MotionBERT's action model forward (docs/method.md §3–4), eval mode, for tests.
 
 Plain functional torch on a state dict (ActionModel names: `backbone.*`, `head.*`), written
 from the spec and not from `recognition.models`: tokens stay in one [B, T, V, D] layout and each

@@ -1,4 +1,4 @@
-"""Test-side reference of METHOD §2, test path, faithful mode, written with plain loops from the spec.
+"""Test-side reference of docs/method.md §2, test path, faithful mode, written with plain loops from the spec.
 
 Deliberately independent of `recognition.preprocess` (no shared code, no vectorisation) so that the two can be
 compared: test frame indices, make_cam, two-person tracking (xy only), COCO->H36M on xy with the confidences left in

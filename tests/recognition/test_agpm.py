@@ -1,4 +1,4 @@
-"""AGPM masking (METHOD.md §5): counts, bias towards attended tokens, seeding, v1 tubes."""
+"""AGPM masking (docs/method.md §5): counts, bias towards attended tokens, seeding, v1 tubes."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""Baseline backbones of METHOD.md §9: the vanilla transformer and STTFormer (tiny presets, CPU-fast).
+"""Baseline backbones of docs/method.md §9: the vanilla transformer and STTFormer (tiny presets, CPU-fast).
 
 Parameter counts of the base presets (backbone only / with MotionBERT's head for 60 classes):
 transformer `base` 16,160,768 / 34,115,644; `maskclr` (mlp 2) 10,912,768 / 28,867,644;

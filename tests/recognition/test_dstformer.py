@@ -1,4 +1,4 @@
-"""DSTFormer and the action model: names/shapes vs METHOD.md §14, attention paths, mask token, reference match."""
+"""DSTFormer and the action model: names/shapes vs docs/method.md §14, attention paths, mask token, reference match."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ V = 17
 
 def appendix_shapes(*, num_classes: int = 60, D: int = 512, depth: int = 5, mlp_ratio: float = 2.0,
                     dim_rep: int = 512, maxlen: int = 243, hidden: int = 2048) -> dict[str, tuple]:
-    """The METHOD.md §14 table, generated from its rules."""
+    """The docs/method.md §14 table, generated from its rules."""
     H = int(D * mlp_ratio)
     shapes = {
         "backbone.temp_embed": (1, maxlen, 1, D), "backbone.pos_embed": (1, V, D),
@@ -84,7 +84,7 @@ def test_lite_backbone_size() -> None:
     backbone = {k: tuple(v.shape) for k, v in model.state_dict().items() if k.startswith("backbone.")}
     expected = {k: v for k, v in appendix_shapes(D=256, mlp_ratio=4.0).items() if k.startswith("backbone.")}
     assert backbone == expected
-    assert sum(math.prod(s) for s in backbone.values()) == 16_001_549  # METHOD.md §3: ≈ 16.0 M
+    assert sum(math.prod(s) for s in backbone.values()) == 16_001_549  # docs/method.md §3.2: ≈ 16.0 M
 
 
 def test_mask_token_only_when_asked() -> None:

@@ -1,4 +1,4 @@
-"""MLCL losses (METHOD.md §6) on hand-checkable cases."""
+"""MLCL losses (docs/method.md §6) on hand-checkable cases."""
 import io
 import logging
 import math

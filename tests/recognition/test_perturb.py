@@ -1,4 +1,4 @@
-"""Perturbations of METHOD §8 on hand-made inputs: identities, invariants, and where they plug in."""
+"""Perturbations of docs/method.md §8 on hand-made inputs: identities, invariants, and where they plug in."""
 
 from __future__ import annotations
 

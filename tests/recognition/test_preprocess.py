@@ -1,4 +1,4 @@
-"""Tests of METHOD §2 preprocessing (`recognition.preprocess`) and the dataset around it (`recognition.data`)."""
+"""Tests of docs/method.md §2 preprocessing (`recognition.preprocess`) and its dataset (`recognition.data`)."""
 from __future__ import annotations
 
 import dataclasses
