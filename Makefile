@@ -57,7 +57,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP) ## create .venv and install the project (done automatically by the other verbs)
 
 # ---------------------------------------------------------------------------------------
-# Per-estimator environments (STYLE.md §7). BlazePose = mediapipe 0.10.21, which needs
+# Per-estimator environments (docs/architecture.md §7). BlazePose = mediapipe 0.10.21, which needs
 # numpy<2: its own venv. OpenPifPaf = openpifpaf-vita built from source into .venv against
 # its torch (C++20 patch; scripts/install_openpifpaf.sh is idempotent).
 # ---------------------------------------------------------------------------------------
@@ -94,6 +94,11 @@ help: ## list the verbs
 .PHONY: test
 test: $(STAMP) ## run the default test suite (not slow, not gpu); the README's test command
 	$(PY) -m pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: $(STAMP) ## ruff check and ruff format --check (configured in pyproject.toml)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 .PHONY: test-all
 test-all: $(STAMP) ## run every test, slow ones included (gpu tests skip without a GPU)

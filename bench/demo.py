@@ -54,8 +54,9 @@ def run_timed(cmd: list[str], cwd: Path, log: Path) -> tuple[int, float, dict[st
     current, since = "make (between steps)", t0
     steps: dict[str, float] = {}
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=env, bufsize=1)  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
+        )
         assert proc.stdout is not None
         for line in proc.stdout:
             now = time.monotonic()
@@ -89,8 +90,11 @@ def main() -> int:
     if args.reuse_venvs:
         for name in (".venv", ".venv-mediapipe"):
             (clone / name).symlink_to(Path(args.repo).resolve() / name)
-    print(f"make demo in a fresh clone of {args.repo} at {head.strip()} ({clone}); "
-          f"environments {'reused' if args.reuse_venvs else 'built'}; log {work / 'demo.log'}", flush=True)  # fmt: skip
+    print(
+        f"make demo in a fresh clone of {args.repo} at {head.strip()} ({clone}); "
+        f"environments {'reused' if args.reuse_venvs else 'built'}; log {work / 'demo.log'}",
+        flush=True,
+    )
 
     rc, total, steps = run_timed(["make", "--no-print-directory", "demo"], clone, work / "demo.log")
     rc2, again, _ = run_timed(["make", "--no-print-directory", "demo"], clone, work / "demo-again.log")
@@ -101,8 +105,10 @@ def main() -> int:
         print(f"{name:40s} {secs:9.1f} {secs / total:7.1%}")
     print(f"{'total (make demo, fresh clone)':40s} {total:9.1f}")
     print(f"{'second make demo':40s} {again:9.1f}")
-    print(f"\ntotal / target ({args.target_min:g} min): {total / target:.2f}  "
-          f"({total / 60:.1f} min; exit status {rc}, second run {rc2})")  # fmt: skip
+    print(
+        f"\ntotal / target ({args.target_min:g} min): {total / target:.2f}  "
+        f"({total / 60:.1f} min; exit status {rc}, second run {rc2})"
+    )
     return 0 if rc == 0 and rc2 == 0 and total <= target else 1
 
 

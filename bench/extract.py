@@ -84,10 +84,11 @@ def main() -> None:
         estimator = est_mod_cls(weights=None, device=device, batch_size=64)
     else:
         estimator = build_estimator(args.estimator, weights=est_w, device=device, batch_size=64)
-    detector = PersonDetector(weights=det_w, device=device, min_size=args.detector_min_size,
-                              batch_size=args.chunk)  # fmt: skip
-    print(f"device {device}; {args.estimator} weights: {est_w or 'random'}; detector weights: {det_w or 'random'}; "
-          f"{args.frames} frames {w}x{h}, 2 persons per frame, chunk {args.chunk}")  # fmt: skip
+    detector = PersonDetector(weights=det_w, device=device, min_size=args.detector_min_size, batch_size=args.chunk)
+    print(
+        f"device {device}; {args.estimator} weights: {est_w or 'random'}; detector weights: {det_w or 'random'}; "
+        f"{args.frames} frames {w}x{h}, 2 persons per frame, chunk {args.chunk}"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         video = Path(tmp) / "bench.mp4"
@@ -132,6 +133,7 @@ def main() -> None:
     for name, t, d in (("per-frame (PYSKL-style)", t_frame, d_frame), ("batched (ours)", t_batch, d_batch)):
         print(f"{name:<28}{t:>10.2f}{args.frames / t:>10.2f}{d:>12.2f}{t - d:>10.2f}")
     print(f"batched / per-frame throughput: {t_frame / t_batch:.2f}x; max keypoint difference {diff:.2e} px")
+
 
 if __name__ == "__main__":
     main()

@@ -67,8 +67,16 @@ def write_videos(folder: Path, n: int, corrupt: float, rng: random.Random) -> tu
 class Slot(threading.Thread):
     """Runs the extract command, killing and restarting it until it exits on its own."""
 
-    def __init__(self, index: int, cmd: list[str], env: dict, kill: tuple[float, float], seed: int,
-                 events: list, lock: threading.Lock):  # fmt: skip
+    def __init__(
+        self,
+        index: int,
+        cmd: list[str],
+        env: dict,
+        kill: tuple[float, float],
+        seed: int,
+        events: list,
+        lock: threading.Lock,
+    ):
         super().__init__(daemon=True)
         self.index, self.cmd, self.env, self.kill = index, cmd, env, kill
         self.rng = random.Random(seed)
@@ -109,7 +117,9 @@ def check(out: Path, good: dict[str, int], bad: set[str], events: list, slots: l
     missing = sorted(set(Path(n).stem for n in good) - records)
     extra = sorted(records - set(Path(n).stem for n in good))
     if missing or extra:
-        problems.append(f"records: {len(missing)} good videos without one ({missing[:3]}), {len(extra)} extra ({extra[:3]})")
+        problems.append(
+            f"records: {len(missing)} good videos without one ({missing[:3]}), {len(extra)} extra ({extra[:3]})"
+        )
     for name, frames in good.items():
         p = out / f"{Path(name).stem}.pkl"
         if p.exists() and read_record(p)["total_frames"] != frames:
@@ -153,13 +163,29 @@ def main() -> int:
     good, bad = write_videos(work / "videos", args.videos, args.corrupt, rng)
     print(f"{len(good)} good + {len(bad)} corrupt videos in {time.monotonic() - t0:.1f} s ({work})")
     out = work / "poses"
-    cmd = [sys.executable, "-m", "pose_extraction", "extract", "--estimator", "standin", "--videos",
-           str(work / "videos"), "--out", str(out), "--device", "cpu", "--set", f"max_failures={len(bad)}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pose_extraction",
+        "extract",
+        "--estimator",
+        "standin",
+        "--videos",
+        str(work / "videos"),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--set",
+        f"max_failures={len(bad)}",
+    ]
     env = dict(os.environ, RSA_EXTRACT_SLEEP=str(args.per_video_sleep))
     events: list = []
     lock = threading.Lock()
-    slots = [Slot(i, cmd, env, (args.kill_min, args.kill_max), args.seed * 100 + i, events, lock)
-             for i in range(args.processes)]  # fmt: skip
+    slots = [
+        Slot(i, cmd, env, (args.kill_min, args.kill_max), args.seed * 100 + i, events, lock)
+        for i in range(args.processes)
+    ]
     t0 = time.monotonic()
     for s in slots:
         s.start()
@@ -173,13 +199,19 @@ def main() -> int:
         if WROTE.search(ln):
             per_proc[tag.split(":")[0]] += 1
     problems = check(out, good, bad, events, slots)
-    print(f"wall {wall:.1f} s; processes started {sum(s.starts for s in slots)}, SIGKILLed {sum(s.kills for s in slots)}"
-          f" ({', '.join(f'slot {s.index}: {s.starts} starts, {s.kills} kills, exit {s.exit_code}' for s in slots)})")
-    print(f"extractions started {sum(starts.values())} (videos started more than once: "
-          f"{sum(1 for c in starts.values() if c > 1)}, i.e. in flight at a kill), records written "
-          f"{sum(wrote.values())} for {len(wrote)} videos; written per slot: {dict(sorted(per_proc.items()))}")
-    print(f"records {len(list(out.glob('*.pkl')))} / {len(good)} good videos; failures.jsonl "
-          f"{len((out / 'failures.jsonl').read_text().splitlines())} / {len(bad)} corrupt")
+    print(
+        f"wall {wall:.1f} s; processes started {sum(s.starts for s in slots)}, SIGKILLed {sum(s.kills for s in slots)}"
+        f" ({', '.join(f'slot {s.index}: {s.starts} starts, {s.kills} kills, exit {s.exit_code}' for s in slots)})"
+    )
+    print(
+        f"extractions started {sum(starts.values())} (videos started more than once: "
+        f"{sum(1 for c in starts.values() if c > 1)}, i.e. in flight at a kill), records written "
+        f"{sum(wrote.values())} for {len(wrote)} videos; written per slot: {dict(sorted(per_proc.items()))}"
+    )
+    print(
+        f"records {len(list(out.glob('*.pkl')))} / {len(good)} good videos; failures.jsonl "
+        f"{len((out / 'failures.jsonl').read_text().splitlines())} / {len(bad)} corrupt"
+    )
     if not args.keep:
         shutil.rmtree(work)
     if problems:

@@ -89,8 +89,9 @@ def main() -> None:
     device = pick_device(args.device)
     batch = args.batch or (32 if device.type == "cuda" else 2)
     torch.manual_seed(0)
-    model = build_action_model(num_classes=args.classes, backbone=args.backbone, preset=args.preset,
-                               maxlen=args.frames, use_mask_token=True).to(device)  # fmt: skip
+    model = build_action_model(
+        num_classes=args.classes, backbone=args.backbone, preset=args.preset, maxlen=args.frames, use_mask_token=True
+    ).to(device)
     if batch == 1:  # BatchNorm cannot train on one clip: keep the head's BN in eval mode (timing is unaffected)
         model.head.bn.eval()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -99,12 +100,17 @@ def main() -> None:
     loss_fn = MLCLLoss(num_classes=args.classes).to(device)
     mstep = make_maskclr_step(cfg, loss_fn)
     params = sum(p.numel() for p in model.parameters())
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
-          f"{args.backbone}/{args.preset} {params / 1e6:.1f} M params, batch {batch}, {args.frames} frames, 2 persons, "
-          f"{'bf16 autocast' if device.type == 'cuda' else 'float32'}")  # fmt: skip
+    print(
+        f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
+        f"{args.backbone}/{args.preset} {params / 1e6:.1f} M params, batch {batch}, {args.frames} frames, 2 persons, "
+        f"{'bf16 autocast' if device.type == 'cuda' else 'float32'}"
+    )
     rows = []
-    for name, step, explicit in [("baseline fused", baseline_step, False), ("baseline explicit", baseline_step, True),
-                                 ("maskclr fused", mstep, False)]:  # fmt: skip
+    for name, step, explicit in [
+        ("baseline fused", baseline_step, False),
+        ("baseline explicit", baseline_step, True),
+        ("maskclr fused", mstep, False),
+    ]:
         model.backbone.explicit_attention = explicit
         sec = time_step(step, model, x, y, opt, device, warmup=args.warmup, repeats=args.repeats)
         rows.append((name, sec))
@@ -116,8 +122,10 @@ def main() -> None:
         print(f"{name:<20}{sec:>10.3f}{batch / sec:>10.2f}{sec / base:>18.2f}")
     print(f"fused/explicit speed ratio: {rows[1][1] / rows[0][1]:.2f}x")
     print(f"maskclr step / baseline step: {rows[2][1] / base:.2f}x")
-    print(f"model FLOPs per clip (forward+backward): {flops / 1e9:.1f} GFLOP; "
-          f"achieved (baseline fused): {flops * batch / base / 1e12:.3f} TFLOP/s")  # fmt: skip
+    print(
+        f"model FLOPs per clip (forward+backward): {flops / 1e9:.1f} GFLOP; "
+        f"achieved (baseline fused): {flops * batch / base / 1e12:.3f} TFLOP/s"
+    )
 
 
 if __name__ == "__main__":

@@ -16,12 +16,12 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from pipeline.cli import run_cli
 from pipeline import schema
 from pipeline.atomic import atomic_write_text, write_text_if_changed
+from pipeline.cli import run_cli
 from pipeline.config import ConfigError, dump_yaml, load_config, resolve_raw
 from pipeline.datasets import DATASETS, DatasetError, get_dataset
 
@@ -61,16 +61,14 @@ def _cmd_freeze_config(args: argparse.Namespace) -> int:
 
 def _dataset_kwargs(args: argparse.Namespace) -> dict:
     """The adapter's keyword arguments from the dataset-specific options (checked)."""
-    given = {"--kinetics-csv": bool(args.kinetics_csv), "--labels": bool(args.labels),
-             "--classes": bool(args.classes)}  # fmt: skip
+    given = {"--kinetics-csv": bool(args.kinetics_csv), "--labels": bool(args.labels), "--classes": bool(args.classes)}
     allowed = {"kinetics400": {"--kinetics-csv"}, "folder": {"--labels", "--classes"}}
     wrong = sorted(k for k, v in given.items() if v and k not in allowed.get(args.dataset, set()))
     if wrong:
         raise DatasetError(f"--dataset {args.dataset} takes no {' / '.join(wrong)}")
     if args.dataset == "kinetics400":
         if not args.kinetics_csv:
-            raise DatasetError("--dataset kinetics400 needs --kinetics-csv (e.g. train.csv, "
-                               "validate.csv)")
+            raise DatasetError("--dataset kinetics400 needs --kinetics-csv (e.g. train.csv, validate.csv)")
         return {"csv_paths": args.kinetics_csv}
     if args.dataset == "folder":
         if not args.labels:
@@ -102,8 +100,9 @@ def _cmd_index(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="verb", required=True)
 
@@ -127,13 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="build a PYSKL dataset index from pose records")
     p.add_argument("--poses", required=True, help="folder of <video_id>.pkl pose records")
     p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
-    p.add_argument("--kinetics-csv", action="append", default=[], metavar="CSV",
-                   help="kinetics400: official annotation CSV (repeat for train and val)")
+    p.add_argument(
+        "--kinetics-csv",
+        action="append",
+        default=[],
+        metavar="CSV",
+        help="kinetics400: official annotation CSV (repeat for train and val)",
+    )
     p.add_argument("--labels", default=None, help="folder: labels.csv (video,label[,split])")
-    p.add_argument("--classes", default=None,
-                   help="folder: classes.txt giving the label order (default: sorted names)")
-    p.add_argument("--videos", default=None, metavar="LIST_OR_DIR",
-                   help="index only these videos (a folder of videos or a file of names)")
+    p.add_argument("--classes", default=None, help="folder: classes.txt giving the label order (default: sorted names)")
+    p.add_argument(
+        "--videos",
+        default=None,
+        metavar="LIST_OR_DIR",
+        help="index only these videos (a folder of videos or a file of names)",
+    )
     p.add_argument("--out", required=True, help="dataset index to write (.pkl)")
     p.add_argument("--report", default=None, help="also write the full report as JSON")
     p.set_defaults(func=_cmd_index)

@@ -13,7 +13,7 @@ import argparse
 import errno
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 EXIT_INTERRUPTED = 130
 
@@ -39,12 +39,16 @@ def describe_os_error(exc: OSError) -> str:
     return _one_line(f"{exc.filename}{other}: {what or exc.strerror or exc}")
 
 
-def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
-            errors: tuple[type[BaseException], ...]) -> int:  # fmt: skip
+def run_cli(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, errors: tuple[type[BaseException], ...]
+) -> int:
     """Run the verb chosen on `parser` (its `func` default) and return the exit status."""
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)  # fmt: skip
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -15,8 +15,9 @@ import difflib
 import os
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -165,9 +166,7 @@ def resolve_raw(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -
     return _merge(data, parse_overrides(overrides))
 
 
-def load_config(
-    cls: type[T], path: str | os.PathLike | None = None, overrides: Sequence[str] = ()
-) -> T:
+def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> T:
     """Build the frozen dataclass `cls`: defaults < YAML at `path` < `overrides`.
 
     Raises:

@@ -36,14 +36,14 @@ import csv
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 log = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg",
-                            ".flv", ".wmv"})  # fmt: skip
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv"})
 
 
 def check_unique_video_ids(videos: Sequence[Path]) -> None:
@@ -55,8 +55,10 @@ def check_unique_video_ids(videos: Sequence[Path]) -> None:
     seen: dict[str, Path] = {}
     for v in map(Path, videos):
         if v.stem in seen:
-            raise ValueError(f"{seen[v.stem]} and {v}: two videos with the id {v.stem!r} would write one record "
-                             f"{v.stem}.pkl; rename one or process them into different folders")  # fmt: skip
+            raise ValueError(
+                f"{seen[v.stem]} and {v}: two videos with the id {v.stem!r} would write one record "
+                f"{v.stem}.pkl; rename one or process them into different folders"
+            )
         seen[v.stem] = v
 
 
@@ -99,48 +101,163 @@ def video_id(name: str | os.PathLike) -> str:
 # The mmaction2/PYSKL label maps differ in two names only: A25 "reach into pocket" and A119
 # "support somebody with hand". "hush (quite)" is the official spelling.
 NTU120_ACTIONS = (
-    "drink water", "eat meal/snack", "brushing teeth", "brushing hair", "drop",  # A1
-    "pickup", "throw", "sitting down", "standing up (from sitting position)", "clapping",  # A6
-    "reading", "writing", "tear up paper", "wear jacket", "take off jacket",  # A11
-    "wear a shoe", "take off a shoe", "wear on glasses", "take off glasses",  # A16
-    "put on a hat/cap", "take off a hat/cap", "cheer up", "hand waving",  # A20
-    "kicking something", "put something inside pocket / take out something from pocket",  # A24
-    "hopping (one foot jumping)", "jump up", "make a phone call/answer phone",  # A26
-    "playing with phone/tablet", "typing on a keyboard", "pointing to something with finger",  # A29
-    "taking a selfie", "check time (from watch)", "rub two hands together", "nod head/bow",  # A32
-    "shake head", "wipe face", "salute", "put the palms together",  # A36
-    "cross hands in front (say stop)", "sneeze/cough", "staggering", "falling",  # A40
-    "touch head (headache)", "touch chest (stomachache/heart pain)", "touch back (backache)",  # A44
-    "touch neck (neckache)", "nausea or vomiting condition",  # A47
-    "use a fan (with hand or paper)/feeling warm", "punching/slapping other person",  # A49
-    "kicking other person", "pushing other person", "pat on back of other person",  # A51
-    "point finger at the other person", "hugging other person",  # A54
-    "giving something to other person", "touch other person's pocket", "handshaking",  # A56
-    "walking towards each other", "walking apart from each other",  # A59
-    "put on headphone", "take off headphone", "shoot at the basket", "bounce ball",  # A61
-    "tennis bat swing", "juggling table tennis balls", "hush (quite)", "flick hair",  # A65
-    "thumb up", "thumb down", "make ok sign", "make victory sign", "staple book",  # A69
-    "counting money", "cutting nails", "cutting paper (using scissors)", "snapping fingers",  # A74
-    "open bottle", "sniff (smell)", "squat down", "toss a coin", "fold paper",  # A78
-    "ball up paper", "play magic cube", "apply cream on face", "apply cream on hand back",  # A83
-    "put on bag", "take off bag", "put something into a bag", "take something out of a bag",  # A87
-    "open a box", "move heavy objects", "shake fist", "throw up cap/hat",  # A91
-    "hands up (both hands)", "cross arms", "arm circles", "arm swings",  # A95
-    "running on the spot", "butt kicks (kick backward)", "cross toe touch", "side kick",  # A99
-    "yawn", "stretch oneself", "blow nose", "hit other person with something",  # A103
-    "wield knife towards other person", "knock over other person (hit with body)",  # A107
-    "grab other person’s stuff", "shoot at other person with a gun", "step on foot",  # A109
-    "high-five", "cheers and drink", "carry something with other person",  # A112
-    "take a photo of other person", "follow other person",  # A115
-    "whisper in other person’s ear", "exchange things with other person",  # A117
+    "drink water",
+    "eat meal/snack",
+    "brushing teeth",
+    "brushing hair",
+    "drop",  # A1
+    "pickup",
+    "throw",
+    "sitting down",
+    "standing up (from sitting position)",
+    "clapping",  # A6
+    "reading",
+    "writing",
+    "tear up paper",
+    "wear jacket",
+    "take off jacket",  # A11
+    "wear a shoe",
+    "take off a shoe",
+    "wear on glasses",
+    "take off glasses",  # A16
+    "put on a hat/cap",
+    "take off a hat/cap",
+    "cheer up",
+    "hand waving",  # A20
+    "kicking something",
+    "put something inside pocket / take out something from pocket",  # A24
+    "hopping (one foot jumping)",
+    "jump up",
+    "make a phone call/answer phone",  # A26
+    "playing with phone/tablet",
+    "typing on a keyboard",
+    "pointing to something with finger",  # A29
+    "taking a selfie",
+    "check time (from watch)",
+    "rub two hands together",
+    "nod head/bow",  # A32
+    "shake head",
+    "wipe face",
+    "salute",
+    "put the palms together",  # A36
+    "cross hands in front (say stop)",
+    "sneeze/cough",
+    "staggering",
+    "falling",  # A40
+    "touch head (headache)",
+    "touch chest (stomachache/heart pain)",
+    "touch back (backache)",  # A44
+    "touch neck (neckache)",
+    "nausea or vomiting condition",  # A47
+    "use a fan (with hand or paper)/feeling warm",
+    "punching/slapping other person",  # A49
+    "kicking other person",
+    "pushing other person",
+    "pat on back of other person",  # A51
+    "point finger at the other person",
+    "hugging other person",  # A54
+    "giving something to other person",
+    "touch other person's pocket",
+    "handshaking",  # A56
+    "walking towards each other",
+    "walking apart from each other",  # A59
+    "put on headphone",
+    "take off headphone",
+    "shoot at the basket",
+    "bounce ball",  # A61
+    "tennis bat swing",
+    "juggling table tennis balls",
+    "hush (quite)",
+    "flick hair",  # A65
+    "thumb up",
+    "thumb down",
+    "make ok sign",
+    "make victory sign",
+    "staple book",  # A69
+    "counting money",
+    "cutting nails",
+    "cutting paper (using scissors)",
+    "snapping fingers",  # A74
+    "open bottle",
+    "sniff (smell)",
+    "squat down",
+    "toss a coin",
+    "fold paper",  # A78
+    "ball up paper",
+    "play magic cube",
+    "apply cream on face",
+    "apply cream on hand back",  # A83
+    "put on bag",
+    "take off bag",
+    "put something into a bag",
+    "take something out of a bag",  # A87
+    "open a box",
+    "move heavy objects",
+    "shake fist",
+    "throw up cap/hat",  # A91
+    "hands up (both hands)",
+    "cross arms",
+    "arm circles",
+    "arm swings",  # A95
+    "running on the spot",
+    "butt kicks (kick backward)",
+    "cross toe touch",
+    "side kick",  # A99
+    "yawn",
+    "stretch oneself",
+    "blow nose",
+    "hit other person with something",  # A103
+    "wield knife towards other person",
+    "knock over other person (hit with body)",  # A107
+    "grab other person’s stuff",
+    "shoot at other person with a gun",
+    "step on foot",  # A109
+    "high-five",
+    "cheers and drink",
+    "carry something with other person",  # A112
+    "take a photo of other person",
+    "follow other person",  # A115
+    "whisper in other person’s ear",
+    "exchange things with other person",  # A117
     "support somebody with one’s hand (someone is sick, help him to walk)",  # A119
     "finger-guessing game (playing rock-paper-scissors)",  # A120
-)  # fmt: skip
-NTU60_TRAIN_SUBJECTS = frozenset({1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31,
-                                  34, 35, 38})  # fmt: skip
+)
+NTU60_TRAIN_SUBJECTS = frozenset({1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38})
 NTU120_TRAIN_SUBJECTS = NTU60_TRAIN_SUBJECTS | {
-    45, 46, 47, 49, 50, 52, 53, 54, 55, 56, 57, 58, 59, 70, 74, 78, 80, 81, 82, 83, 84, 85,
-    86, 89, 91, 92, 93, 94, 95, 97, 98, 100, 103}  # fmt: skip
+    45,
+    46,
+    47,
+    49,
+    50,
+    52,
+    53,
+    54,
+    55,
+    56,
+    57,
+    58,
+    59,
+    70,
+    74,
+    78,
+    80,
+    81,
+    82,
+    83,
+    84,
+    85,
+    86,
+    89,
+    91,
+    92,
+    93,
+    94,
+    95,
+    97,
+    98,
+    100,
+    103,
+}
 NTU60_TRAIN_CAMERAS = frozenset({2, 3})
 
 # Performers recorded in each setup. Every setup is filmed by cameras 1-3 and every performer
@@ -198,8 +315,7 @@ class NTUName:
     action: int
 
     def __str__(self) -> str:
-        return (f"S{self.setup:03d}C{self.camera:03d}P{self.performer:03d}"
-                f"R{self.replication:03d}A{self.action:03d}")  # fmt: skip
+        return f"S{self.setup:03d}C{self.camera:03d}P{self.performer:03d}R{self.replication:03d}A{self.action:03d}"
 
 
 def parse_ntu_name(video_id: str) -> NTUName:
@@ -210,8 +326,7 @@ def parse_ntu_name(video_id: str) -> NTUName:
     """
     m = _NTU_NAME.fullmatch(video_id.removesuffix(NTU_RGB_SUFFIX))
     if m is None:
-        raise UnknownVideoError(f"{video_id!r}: not an NTU name SsssCcccPpppRrrrAaaa "
-                                f"(e.g. S001C002P003R002A013)")  # fmt: skip
+        raise UnknownVideoError(f"{video_id!r}: not an NTU name SsssCcccPpppRrrrAaaa (e.g. S001C002P003R002A013)")
     return NTUName(*(int(g) for g in m.groups()))
 
 
@@ -220,8 +335,13 @@ def ntu_video_ids(setups: Sequence[int]) -> list[str]:
     ids = []
     for s in setups:
         actions = range(1, 61) if s <= 17 else range(61, 121)
-        ids += [str(NTUName(s, c, p, r, a)) for c in (1, 2, 3) for p in NTU_SETUP_PERFORMERS[s]
-                for r in (1, 2) for a in actions]  # fmt: skip
+        ids += [
+            str(NTUName(s, c, p, r, a))
+            for c in (1, 2, 3)
+            for p in NTU_SETUP_PERFORMERS[s]
+            for r in (1, 2)
+            for a in actions
+        ]
     return sorted(ids)
 
 
@@ -241,8 +361,13 @@ class _NTUDataset:
     def parse(self, video_id: str) -> NTUName:
         """Parse and range-check a name for this dataset (UnknownVideoError otherwise)."""
         n = parse_ntu_name(video_id)
-        limits = {"setup": self.num_setups, "camera": 3, "performer": self.num_performers,
-                  "replication": 2, "action": self.num_actions}  # fmt: skip
+        limits = {
+            "setup": self.num_setups,
+            "camera": 3,
+            "performer": self.num_performers,
+            "replication": 2,
+            "action": self.num_actions,
+        }
         for field, hi in limits.items():
             v = getattr(n, field)
             if not 1 <= v <= hi:
@@ -307,8 +432,7 @@ def _read_csv(path: str | os.PathLike, required: Sequence[str]) -> list[tuple[in
         missing = [c for c in required if c not in columns]
         if missing:
             raise DatasetError(f"{p}: missing column(s) {missing}; header has {columns}")
-        rows = [(i + 2, {(k or "").strip(): (v or "").strip() for k, v in row.items()})
-                for i, row in enumerate(reader)]  # fmt: skip
+        rows = [(i + 2, {(k or "").strip(): (v or "").strip() for k, v in row.items()}) for i, row in enumerate(reader)]
     return rows
 
 
@@ -354,8 +478,14 @@ def kinetics_clip_id(youtube_id: str, time_start: float, time_end: float) -> str
 
 
 # CSV `split` value -> PYSKL split name (k400_hrnet.pkl has `train` and `val`).
-KINETICS_SPLITS = {"train": "train", "val": "val", "valid": "val", "validate": "val",
-                   "validation": "val", "test": "test"}  # fmt: skip
+KINETICS_SPLITS = {
+    "train": "train",
+    "val": "val",
+    "valid": "val",
+    "validate": "val",
+    "validation": "val",
+    "test": "test",
+}
 
 
 class Kinetics400(_TableDataset):
@@ -376,23 +506,26 @@ class Kinetics400(_TableDataset):
             for line, row in _read_csv(path, ("youtube_id", "time_start", "time_end", "split")):
                 where = f"{path}:{line}"
                 try:
-                    vid = kinetics_clip_id(row["youtube_id"], float(row["time_start"]),
-                                           float(row["time_end"]))  # fmt: skip
+                    vid = kinetics_clip_id(row["youtube_id"], float(row["time_start"]), float(row["time_end"]))
                 except ValueError:
-                    raise DatasetError(f"{where}: time_start/time_end must be numbers, got "
-                                       f"{row['time_start']!r}, {row['time_end']!r}") from None
+                    raise DatasetError(
+                        f"{where}: time_start/time_end must be numbers, got {row['time_start']!r}, {row['time_end']!r}"
+                    ) from None
                 if row["split"] not in KINETICS_SPLITS:
-                    raise DatasetError(f"{where}: split {row['split']!r} is not one of "
-                                       f"{sorted(KINETICS_SPLITS)}")  # fmt: skip
+                    raise DatasetError(f"{where}: split {row['split']!r} is not one of {sorted(KINETICS_SPLITS)}")
                 entry = (row.get("label") or None, KINETICS_SPLITS[row["split"]])
                 if table.get(vid, entry) != entry:
-                    raise DatasetError(f"{where}: clip {vid} listed twice with different "
-                                       f"label/split {table[vid]} vs {entry}")  # fmt: skip
+                    raise DatasetError(
+                        f"{where}: clip {vid} listed twice with different label/split {table[vid]} vs {entry}"
+                    )
                 table[vid] = entry
         classes = sorted({label for label, _ in table.values() if label})
         if len(classes) != 400:
-            log.warning("kinetics400: the CSVs name %d classes, not 400; labels index the %d "
-                        "sorted names found", len(classes), len(classes))  # fmt: skip
+            log.warning(
+                "kinetics400: the CSVs name %d classes, not 400; labels index the %d sorted names found",
+                len(classes),
+                len(classes),
+            )
         self._build(table, classes)
 
 
@@ -408,8 +541,7 @@ class FolderDataset(_TableDataset):
 
     name = "folder"
 
-    def __init__(self, *, labels_csv: str | os.PathLike,
-                 classes_txt: str | os.PathLike | None = None):
+    def __init__(self, *, labels_csv: str | os.PathLike, classes_txt: str | os.PathLike | None = None):
         rows = _read_csv(labels_csv, ("video", "label"))
         table: dict[str, tuple[str | None, str | None]] = {}
         for line, row in rows:
@@ -427,8 +559,7 @@ class FolderDataset(_TableDataset):
         classes = sorted(used) if classes_txt is None else self._read_classes(classes_txt)
         unknown = sorted(used - set(classes))
         if unknown:
-            raise DatasetError(f"{classes_txt}: does not list the class(es) {unknown} used in "
-                               f"{labels_csv}")  # fmt: skip
+            raise DatasetError(f"{classes_txt}: does not list the class(es) {unknown} used in {labels_csv}")
         self._build(table, classes)
 
     @staticmethod

@@ -15,24 +15,58 @@ import ctypes
 import math
 import os
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
 DEEPMIMIC_MOTIONS: tuple[str, ...] = (
-    "walk", "run", "jump", "kick", "punch", "spinkick", "spin", "backflip", "cartwheel",
-    "crawl", "roll", "dance_a", "dance_b", "getup_facedown", "getup_faceup",
-)  # fmt: skip
+    "walk",
+    "run",
+    "jump",
+    "kick",
+    "punch",
+    "spinkick",
+    "spin",
+    "backflip",
+    "cartwheel",
+    "crawl",
+    "roll",
+    "dance_a",
+    "dance_b",
+    "getup_facedown",
+    "getup_faceup",
+)
 MOTION_FPS = 120.0  # FK grid; fine enough that linear resampling keeps bone lengths (<0.1 %)
 URDF_JOINTS: tuple[str, ...] = (
-    "root", "chest", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder",
-    "left_elbow", "left_wrist", "right_hip", "right_knee", "right_ankle", "left_hip",
-    "left_knee", "left_ankle",
-)  # fmt: skip
+    "root",
+    "chest",
+    "neck",
+    "right_shoulder",
+    "right_elbow",
+    "right_wrist",
+    "left_shoulder",
+    "left_elbow",
+    "left_wrist",
+    "right_hip",
+    "right_knee",
+    "right_ankle",
+    "left_hip",
+    "left_knee",
+    "left_ankle",
+)
 # File layout of one frame (DeepMimic humanoid3d): slices into the 44 numbers.
 ROOT_POS, ROOT_ROT = slice(1, 4), slice(4, 8)
-SPHERICAL = {"chest": 8, "neck": 12, "right_hip": 16, "right_ankle": 21, "right_shoulder": 25,
-              "left_hip": 30, "left_ankle": 35, "left_shoulder": 39}  # fmt: skip
+SPHERICAL = {
+    "chest": 8,
+    "neck": 12,
+    "right_hip": 16,
+    "right_ankle": 21,
+    "right_shoulder": 25,
+    "left_hip": 30,
+    "left_ankle": 35,
+    "left_shoulder": 39,
+}
 REVOLUTE = {"right_knee": 20, "right_elbow": 29, "left_knee": 34, "left_elbow": 43}
 
 
@@ -68,9 +102,7 @@ def import_pybullet() -> Any:
     try:
         import pybullet  # prints a build banner on stderr
     except ImportError as exc:
-        raise ImportError(
-            "mocap15 needs pybullet for forward kinematics: pip install pybullet"
-        ) from exc
+        raise ImportError("mocap15 needs pybullet for forward kinematics: pip install pybullet") from exc
     return pybullet
 
 
@@ -94,11 +126,13 @@ def _wxyz_slerp(q0: np.ndarray, q1: np.ndarray, w: np.ndarray) -> np.ndarray:
 def _quat_xyzw_to_matrix(q: np.ndarray) -> np.ndarray:
     """Rotation matrix [3, 3] of a pybullet (x, y, z, w) quaternion."""
     x, y, z, w = q
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])  # fmt: skip
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 def resample_keyframes(frames: np.ndarray) -> tuple[np.ndarray, float]:
@@ -126,8 +160,10 @@ def forward_kinematics(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     try:
         with native_stdout_silenced():  # "no axis element for Joint" x 8: harmless
             body = p.loadURDF(urdf, globalScaling=0.25, useFixedBase=True, physicsClientId=cid)
-        names = [p.getJointInfo(body, j, physicsClientId=cid)[1].decode() for j in
-                 range(p.getNumJoints(body, physicsClientId=cid))]  # fmt: skip
+        names = [
+            p.getJointInfo(body, j, physicsClientId=cid)[1].decode()
+            for j in range(p.getNumJoints(body, physicsClientId=cid))
+        ]
         if tuple(names) != URDF_JOINTS:
             raise RuntimeError(f"unexpected humanoid.urdf joints {names}; expected {URDF_JOINTS}")
         joints = [names.index(n) for n in (*SPHERICAL, *REVOLUTE)]
@@ -136,13 +172,11 @@ def forward_kinematics(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         neck = np.empty((len(frames), 3, 3))  # [N, 3, 3]
         for i, f in enumerate(frames):
             wxyz = f[ROOT_ROT]
-            p.resetBasePositionAndOrientation(body, f[ROOT_POS].tolist(), [*wxyz[1:], wxyz[0]],
-                                              physicsClientId=cid)  # fmt: skip
+            p.resetBasePositionAndOrientation(body, f[ROOT_POS].tolist(), [*wxyz[1:], wxyz[0]], physicsClientId=cid)
             targets = [[*f[s + 1 : s + 4], f[s]] for s in SPHERICAL.values()]  # w-first -> xyzw
             targets += [[f[s]] for s in REVOLUTE.values()]
             p.resetJointStatesMultiDof(body, joints, targets, physicsClientId=cid)
-            states = p.getLinkStates(body, links, computeForwardKinematics=True,
-                                     physicsClientId=cid)  # fmt: skip
+            states = p.getLinkStates(body, links, computeForwardKinematics=True, physicsClientId=cid)
             pos[i] = [s[4] for s in states]  # link frame origin = joint position
             neck[i] = _quat_xyzw_to_matrix(np.asarray(states[2][5]))
         return pos, neck

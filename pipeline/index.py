@@ -31,8 +31,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from pipeline import schema
 from pipeline.datasets import (
@@ -64,7 +64,7 @@ def read_failures(path: str | os.PathLike) -> tuple[dict[str, str], list[dict]]:
             failed[vid] = str(entry.get("error", ""))
         except (ValueError, KeyError, TypeError):
             malformed.append({"file": str(p), "line": n, "text": text[:200]})
-            log.warning("%s:%d: not a {\"video\", \"error\"} JSON line: %.80s", p, n, text)
+            log.warning('%s:%d: not a {"video", "error"} JSON line: %.80s', p, n, text)
     return failed, malformed
 
 
@@ -76,8 +76,7 @@ def read_video_list(path: str | os.PathLike) -> list[str]:
     """
     p = Path(path)
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*")
-                       if f.is_file() and f.suffix.lower() in VIDEO_SUFFIXES)  # fmt: skip
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_SUFFIXES)
         ids: dict[str, Path] = {}
         for f in files:
             if f.stem in ids:
@@ -104,8 +103,9 @@ def _record_files(poses_dir: Path) -> list[Path]:
     return sorted(f for f in poses_dir.glob("*.pkl") if f.is_file() and not f.name.startswith("."))
 
 
-def build_index(*, poses_dir: str | os.PathLike, dataset: DatasetAdapter,
-                video_ids: Iterable[str] | None = None) -> tuple[dict, dict]:  # fmt: skip
+def build_index(
+    *, poses_dir: str | os.PathLike, dataset: DatasetAdapter, video_ids: Iterable[str] | None = None
+) -> tuple[dict, dict]:
     """Label the pose records of `poses_dir` with `dataset` and group them into its splits.
 
     Args:
@@ -128,11 +128,20 @@ def build_index(*, poses_dir: str | os.PathLike, dataset: DatasetAdapter,
         failed.update(entries)
         malformed += bad
     report: dict = {
-        "dataset": dataset.name, "poses_dir": str(poses_dir), "records_found": len(files),
-        "indexed": 0, "expected": None if expected is None else len(expected), "missing": [],
-        "failed": [], "failures_resolved": 0, "failures_malformed": malformed,
-        "unlabelled": [], "invalid": [], "not_listed": [], "splits": {},
-    }  # fmt: skip
+        "dataset": dataset.name,
+        "poses_dir": str(poses_dir),
+        "records_found": len(files),
+        "indexed": 0,
+        "expected": None if expected is None else len(expected),
+        "missing": [],
+        "failed": [],
+        "failures_resolved": 0,
+        "failures_malformed": malformed,
+        "unlabelled": [],
+        "invalid": [],
+        "not_listed": [],
+        "splits": {},
+    }
     split: dict[str, list[str]] = {name: [] for name in dataset.split_names}
     annotations, seen, present = [], set(), set()  # seen: any record file; present: valid
     for f in files:
@@ -144,8 +153,7 @@ def build_index(*, poses_dir: str | os.PathLike, dataset: DatasetAdapter,
         try:
             rec = schema.read_record(f)
             if rec["frame_dir"] != vid:
-                raise schema.SchemaError(str(f), "frame_dir", f"the file stem {vid!r}",
-                                         repr(rec["frame_dir"]))  # fmt: skip
+                raise schema.SchemaError(str(f), "frame_dir", f"the file stem {vid!r}", repr(rec["frame_dir"]))
         except (schema.SchemaError, schema.UnsafePickleError) as exc:
             report["invalid"].append({"file": str(f), "error": str(exc)})
             log.warning("invalid record skipped: %s", exc)
@@ -162,27 +170,34 @@ def build_index(*, poses_dir: str | os.PathLike, dataset: DatasetAdapter,
     report["indexed"] = len(annotations)
     report["splits"] = {name: len(clips) for name, clips in split.items()}
     failed_canon = {dataset.canonical_id(v): (v, e) for v, e in failed.items()}
-    report["failed"] = [{"video": v, "error": e} for c, (v, e) in sorted(failed_canon.items())
-                        if c not in present]  # fmt: skip
+    report["failed"] = [{"video": v, "error": e} for c, (v, e) in sorted(failed_canon.items()) if c not in present]
     report["failures_resolved"] = len(failed_canon) - len(report["failed"])
     if expected is not None:
         report["missing"] = sorted(expected - seen - set(failed_canon))
-    index = {"split": split, "annotations": annotations, "label_names": list(dataset.label_names),
-             "dataset": dataset.name}  # fmt: skip
+    index = {
+        "split": split,
+        "annotations": annotations,
+        "label_names": list(dataset.label_names),
+        "dataset": dataset.name,
+    }
     return index, report
 
 
 def format_report(report: dict, *, max_items: int = 10) -> str:
     """The report as a few human-readable lines, naming up to `max_items` videos per kind."""
     expected = "unknown" if report["expected"] is None else str(report["expected"])
-    lines = [f"{report['dataset']} from {report['poses_dir']}: {report['records_found']} records, "
-             f"{report['indexed']} indexed; expected videos: {expected}"]  # fmt: skip
-    kinds = [("missing (no record, no failure entry)", report["missing"], None),
-             ("failed (failure log)", report["failed"], "error"),
-             ("unlabelled", report["unlabelled"], "reason"),
-             ("invalid records", report["invalid"], "error"),
-             ("not in the video list", report["not_listed"], None),
-             ("malformed failure-log lines", report["failures_malformed"], "text")]  # fmt: skip
+    lines = [
+        f"{report['dataset']} from {report['poses_dir']}: {report['records_found']} records, "
+        f"{report['indexed']} indexed; expected videos: {expected}"
+    ]
+    kinds = [
+        ("missing (no record, no failure entry)", report["missing"], None),
+        ("failed (failure log)", report["failed"], "error"),
+        ("unlabelled", report["unlabelled"], "reason"),
+        ("invalid records", report["invalid"], "error"),
+        ("not in the video list", report["not_listed"], None),
+        ("malformed failure-log lines", report["failures_malformed"], "text"),
+    ]
     for title, items, detail in kinds:
         if not items:
             continue
@@ -191,8 +206,7 @@ def format_report(report: dict, *, max_items: int = 10) -> str:
             if detail is None:
                 lines.append(f"    {item}")
             else:
-                head = item.get("video") or (f"{item['file']}:{item['line']}" if "line" in item
-                                             else item["file"])  # fmt: skip
+                head = item.get("video") or (f"{item['file']}:{item['line']}" if "line" in item else item["file"])
                 lines.append(f"    {head}: {item[detail]}")
         if len(items) > max_items:
             lines.append(f"    ... and {len(items) - max_items} more")

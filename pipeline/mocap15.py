@@ -45,8 +45,14 @@ from typing import Any
 import numpy as np
 
 from pipeline.humanoid import (  # noqa: F401  (MOTION_FPS, URDF_JOINTS: part of this module's API)
-    DEEPMIMIC_MOTIONS, MOTION_FPS, ROOT_POS, URDF_JOINTS, forward_kinematics, motion_path, resample_keyframes,
-)  # fmt: skip
+    DEEPMIMIC_MOTIONS,
+    MOTION_FPS,
+    ROOT_POS,
+    URDF_JOINTS,
+    forward_kinematics,
+    motion_path,
+    resample_keyframes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +65,12 @@ _COCO_BODY_FROM_URDF = (6, 3, 7, 4, 8, 5, 12, 9, 13, 10, 14, 11)
 # Rigid face in the neck link's frame (x forward, y up, z right), metres at globalScaling 0.25.
 _HEAD_CENTRE = (0.0, 0.175, 0.0)  # the URDF's head sphere: 0.7 units above the neck joint
 _FACE_OFFSETS = (  # relative to the head centre: nose, l_eye, r_eye, l_ear, r_ear
-    (0.105, -0.015, 0.0), (0.085, 0.020, -0.033), (0.085, 0.020, 0.033),
-    (-0.005, 0.0, -0.075), (-0.005, 0.0, 0.075),
-)  # fmt: skip
+    (0.105, -0.015, 0.0),
+    (0.085, 0.020, -0.033),
+    (0.085, 0.020, 0.033),
+    (-0.005, 0.0, -0.075),
+    (-0.005, 0.0, 0.075),
+)
 _HEAD, _ROOT = 17, 18  # extra points carried after the 17 COCO joints in [..., 19, 3] arrays
 _L_SHO, _R_SHO, _L_HIP, _R_HIP = 5, 6, 11, 12
 _TAG_SUBJECTS, _TAG_ASSIGN, _TAG_SAMPLE = 1, 2, 3  # seed-sequence tags: independent streams
@@ -101,24 +110,25 @@ class Mocap15Config:
             ("seed >= 0", self.seed >= 0, "seed"),
             ("samples_per_class >= 1", self.samples_per_class >= 1, "samples_per_class"),
             ("fps > 0", self.fps > 0, "fps"),
-            ("2 <= min_frames <= max_frames", 2 <= self.min_frames <= self.max_frames,
-             "min_frames max_frames"),
-            ("0 <= second_person_prob <= 1", 0 <= self.second_person_prob <= 1,
-             "second_person_prob"),
+            ("2 <= min_frames <= max_frames", 2 <= self.min_frames <= self.max_frames, "min_frames max_frames"),
+            ("0 <= second_person_prob <= 1", 0 <= self.second_person_prob <= 1, "second_person_prob"),
             ("num_subjects >= 1", self.num_subjects >= 1, "num_subjects"),
             ("azimuth_sectors >= 1", self.azimuth_sectors >= 1, "azimuth_sectors"),
-            ("xsub_val_subjects in [0, num_subjects)",
-             all(0 <= v < self.num_subjects for v in self.xsub_val_subjects),
-             "xsub_val_subjects num_subjects"),
-            ("xview_val_sectors in [0, azimuth_sectors)",
-             all(0 <= v < self.azimuth_sectors for v in self.xview_val_sectors),
-             "xview_val_sectors azimuth_sectors"),
-            ("elevation_range within [-60, 60]", all(-60 <= e <= 60 for e in self.elevation_range),
-             "elevation_range"),
+            (
+                "xsub_val_subjects in [0, num_subjects)",
+                all(0 <= v < self.num_subjects for v in self.xsub_val_subjects),
+                "xsub_val_subjects num_subjects",
+            ),
+            (
+                "xview_val_sectors in [0, azimuth_sectors)",
+                all(0 <= v < self.azimuth_sectors for v in self.xview_val_sectors),
+                "xview_val_sectors azimuth_sectors",
+            ),
+            ("elevation_range within [-60, 60]", all(-60 <= e <= 60 for e in self.elevation_range), "elevation_range"),
             ("img_shape positive", all(v > 0 for v in self.img_shape), "img_shape"),
             ("0 <= scale_jitter < 0.5", 0 <= self.scale_jitter < 0.5, "scale_jitter"),
             ("max_travel_m > 0", self.max_travel_m > 0, "max_travel_m"),
-        ]  # fmt: skip
+        ]
         positive = ("speed_range", "subject_scale_range", "distance_range", "focal_range")
         others = ("noise_px_range", "second_person_gap", "roll_range", "elevation_range")
         for name in (*positive, *others):
@@ -155,7 +165,7 @@ class Mocap15Sample:
     info: dict[str, Any]  # subject, sector, azimuth, ..., plain Python scalars
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_clip(name: str) -> _Clip:
     """FK of one clip, COCO-17 mapping and the rigid face; cached (deterministic)."""
     path = motion_path(name)
@@ -173,8 +183,7 @@ def _load_clip(name: str) -> _Clip:
     points.setflags(write=False)  # [N, 19, 3]
     urdf.setflags(write=False)
     offset = frames[-1, ROOT_POS] - frames[0, ROOT_POS]
-    log.debug("mocap15: FK of %s: %d keyframes -> %d frames, %.2f s",
-              name, len(frames), len(dense), duration)  # fmt: skip
+    log.debug("mocap15: FK of %s: %d keyframes -> %d frames, %.2f s", name, len(frames), len(dense), duration)
     return _Clip(points, urdf, duration, data.get("Loop") == "wrap", offset)
 
 
@@ -216,8 +225,9 @@ def _play(clip: _Clip, times: np.ndarray) -> np.ndarray:
     return pts + cycles[:, None, None] * clip.cycle_offset
 
 
-def _sample_motion(rng: np.random.Generator, cfg: Mocap15Config, label: int, T: int,
-                   scale: float) -> tuple[np.ndarray, dict[str, float]]:
+def _sample_motion(
+    rng: np.random.Generator, cfg: Mocap15Config, label: int, T: int, scale: float
+) -> tuple[np.ndarray, dict[str, float]]:
     """One person's motion over T frames, recentred and scaled: points [T, 19, 3], facts."""
     clip = _load_clip(MOCAP15_CLASSES[label])
     speed = rng.uniform(*cfg.speed_range)
@@ -309,8 +319,9 @@ def _class_assignment(cfg: Mocap15Config, label: int) -> tuple[np.ndarray, np.nd
     return subjects, sectors
 
 
-def _place_second_person(rng: np.random.Generator, cfg: Mocap15Config, label: int, T: int,
-                         scale: float, rot: np.ndarray) -> tuple[np.ndarray, int]:
+def _place_second_person(
+    rng: np.random.Generator, cfg: Mocap15Config, label: int, T: int, scale: float, rot: np.ndarray
+) -> tuple[np.ndarray, int]:
     """Another motion beside the first person, sideways as seen from the camera: [T, 19, 3]."""
     other = int(rng.choice([c for c in range(len(MOCAP15_CLASSES)) if c != label]))
     pts, _ = _sample_motion(rng, cfg, other, T, scale)
@@ -322,8 +333,9 @@ def _place_second_person(rng: np.random.Generator, cfg: Mocap15Config, label: in
     return pts + side * right + rng.uniform(-0.7, 0.7) * toward, other
 
 
-def _project(rng: np.random.Generator, cfg: Mocap15Config, scene: np.ndarray, back: np.ndarray,
-             rot: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
+def _project(
+    rng: np.random.Generator, cfg: Mocap15Config, scene: np.ndarray, back: np.ndarray, rot: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, float, float]:
     """Film `scene` [M, T, 19, 3]: camera points [M, T, 19, 3], pixels [M, T, 17, 2], f, distance.
 
     The camera looks at the centre of the action's bounding box from direction `back`, far
@@ -348,8 +360,9 @@ def _project(rng: np.random.Generator, cfg: Mocap15Config, scene: np.ndarray, ba
     return cam, uv, focal * zoom, distance
 
 
-def _observe(rng: np.random.Generator, cfg: Mocap15Config, cam: np.ndarray, uv: np.ndarray,
-             focal: float) -> tuple[np.ndarray, np.ndarray]:
+def _observe(
+    rng: np.random.Generator, cfg: Mocap15Config, cam: np.ndarray, uv: np.ndarray, focal: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Estimator-like output: noisy pixels [M, T, 17, 2] and confidences [M, T, 17] in [0, 1].
 
     Occluded and fast-moving joints get lower confidence; occluded ones also more noise.
@@ -367,19 +380,23 @@ def _observe(rng: np.random.Generator, cfg: Mocap15Config, cam: np.ndarray, uv: 
     return np.clip(uv, 0.0, [W - 1.0, H - 1.0]), score
 
 
-def build_sample(cfg: Mocap15Config, label: int, index: int, subject: int,
-                 sector: int) -> Mocap15Sample:
+def build_sample(cfg: Mocap15Config, label: int, index: int, subject: int, sector: int) -> Mocap15Sample:
     """Generate sample `index` of class `label` for a given subject id and azimuth sector.
 
     Deterministic in its arguments (one Generator from `(cfg.seed, label, index)`).
     `build_mocap15` chooses balanced subjects and sectors; tests may call this directly.
     """
-    if not (0 <= label < len(MOCAP15_CLASSES) and 0 <= subject < cfg.num_subjects
-            and 0 <= sector < cfg.azimuth_sectors and index >= 0):  # fmt: skip
+    if not (
+        0 <= label < len(MOCAP15_CLASSES)
+        and 0 <= subject < cfg.num_subjects
+        and 0 <= sector < cfg.azimuth_sectors
+        and index >= 0
+    ):
         raise ValueError(
             f"build_sample: need label in [0, 15), subject in [0, {cfg.num_subjects}), sector in "
             f"[0, {cfg.azimuth_sectors}), index >= 0; got label={label}, subject={subject}, "
-            f"sector={sector}, index={index}")  # fmt: skip
+            f"sector={sector}, index={index}"
+        )
     rng = np.random.default_rng([cfg.seed, _TAG_SAMPLE, label, index])
     scales, train_subjects, val_subjects = _split_groups(cfg)
     T = int(rng.integers(cfg.min_frames, cfg.max_frames + 1))
@@ -388,11 +405,19 @@ def build_sample(cfg: Mocap15Config, label: int, index: int, subject: int,
     width = 360.0 / cfg.azimuth_sectors
     azimuth = (sector * width - width / 2 + rng.uniform(0.0, width) + 180.0) % 360.0 - 180.0
     elevation = rng.uniform(*cfg.elevation_range)
-    back, rot = _camera_frame(_facing_yaw(first) + math.radians(azimuth), math.radians(elevation),
-                              math.radians(rng.uniform(*cfg.roll_range)))  # fmt: skip
-    info: dict[str, Any] = {"label": label, "subject": int(subject), "sector": int(sector),
-                            "azimuth": float(azimuth), "elevation": float(elevation),
-                            "scale": float(scale), "frames": T, **motion}  # fmt: skip
+    back, rot = _camera_frame(
+        _facing_yaw(first) + math.radians(azimuth), math.radians(elevation), math.radians(rng.uniform(*cfg.roll_range))
+    )
+    info: dict[str, Any] = {
+        "label": label,
+        "subject": int(subject),
+        "sector": int(sector),
+        "azimuth": float(azimuth),
+        "elevation": float(elevation),
+        "scale": float(scale),
+        "frames": T,
+        **motion,
+    }
     people = [first]
     if rng.random() < cfg.second_person_prob:
         pool = (val_subjects if subject in val_subjects else train_subjects) or [subject]

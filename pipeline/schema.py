@@ -64,11 +64,24 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 NUM_JOINTS = 17
 COCO17_JOINTS = (
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
-    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow",
-    "left_wrist", "right_wrist", "left_hip", "right_hip",
-    "left_knee", "right_knee", "left_ankle", "right_ankle",
-)  # fmt: skip
+    "nose",
+    "left_eye",
+    "right_eye",
+    "left_ear",
+    "right_ear",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_hip",
+    "right_hip",
+    "left_knee",
+    "right_knee",
+    "left_ankle",
+    "right_ankle",
+)
 _READ_FLOATS = (np.float16, np.float32, np.float64)
 _PICKLE_PROTOCOL = 4
 
@@ -269,8 +282,12 @@ def validate_index(index: Any, *, source: str = "<index>", write: bool = False) 
             raise SchemaError(source, f"annotations[{i}].frame_dir", "unique frame_dirs", f"duplicate {_short(fd)}")
         seen.add(fd)
         if names is not None and rec["label"] >= len(names):
-            raise SchemaError(f"{where} [{_clip(fd, 80)}]", "label", f"an index into label_names "
-                              f"(< {len(names)})", _describe(rec["label"]))  # fmt: skip
+            raise SchemaError(
+                f"{where} [{_clip(fd, 80)}]",
+                "label",
+                f"an index into label_names (< {len(names)})",
+                _describe(rec["label"]),
+            )
     for name, clips in split.items():
         if (
             not isinstance(name, str)
@@ -281,8 +298,12 @@ def validate_index(index: Any, *, source: str = "<index>", write: bool = False) 
         missing = [c for c in clips if c not in seen]
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise SchemaError(source, f"split[{_short(name)}]", "clips present in annotations",
-                              f"unknown clip {_short(missing[0])}{more}")  # fmt: skip
+            raise SchemaError(
+                source,
+                f"split[{_short(name)}]",
+                "clips present in annotations",
+                f"unknown clip {_short(missing[0])}{more}",
+            )
     _check_train_val(split, source)
 
 
@@ -296,8 +317,12 @@ def _check_train_val(split: Mapping, source: str) -> None:
         both = [c for c in split[val] if c in train_clips]
         if both:
             more = f" (and {len(both) - 1} more)" if len(both) > 1 else ""
-            raise SchemaError(source, f"split[{_short(train)}] / split[{_short(val)}]",
-                              "disjoint train and val clips", f"clip {_short(both[0])} in both{more}")  # fmt: skip
+            raise SchemaError(
+                source,
+                f"split[{_short(train)}] / split[{_short(val)}]",
+                "disjoint train and val clips",
+                f"clip {_short(both[0])} in both{more}",
+            )
 
 
 def is_index(obj: Any) -> bool:

@@ -143,9 +143,11 @@ class RestrictedUnpickler(pickle._Unpickler):
         self._left = max_bytes
         self._buildable: dict[int, Any] = {}  # id -> fresh dtype/array that BUILD may set once
         self._calls = {attr: getattr(self, attr) for attr in set(_CALLABLES.values())}
-        self._numpy = {"_reconstruct": _numpy_submodule("multiarray")._reconstruct,
-                       "scalar": _numpy_submodule("multiarray").scalar,
-                       "_frombuffer": _numpy_submodule("numeric")._frombuffer}  # fmt: skip
+        self._numpy = {
+            "_reconstruct": _numpy_submodule("multiarray")._reconstruct,
+            "scalar": _numpy_submodule("multiarray").scalar,
+            "_frombuffer": _numpy_submodule("numeric")._frombuffer,
+        }
 
     def load(self) -> Any:
         obj = super().load()
@@ -184,8 +186,13 @@ class RestrictedUnpickler(pickle._Unpickler):
         ok = dtype.kind in _DTYPE_KINDS and dtype.fields is None and dtype.subdtype is None
         if ok:
             ref = np.dtype(dtype.str)
-            ok = (dtype.itemsize > 0 and dtype == ref and dtype.flags == ref.flags
-                  and dtype.alignment == ref.alignment and not dtype.hasobject)  # fmt: skip
+            ok = (
+                dtype.itemsize > 0
+                and dtype == ref
+                and dtype.flags == ref.flags
+                and dtype.alignment == ref.alignment
+                and not dtype.hasobject
+            )
         if not ok:
             raise _refuse(f"{what}: dtype {dtype.str[:40]} (only plain {_DTYPE_KINDS} dtypes)")
         return dtype
@@ -346,15 +353,25 @@ class RestrictedUnpickler(pickle._Unpickler):
         self.append(frozenset(items))
 
     for _op, _fn in [
-        (pickle.REDUCE, _load_reduce), (pickle.BUILD, _load_build), (pickle.MARK, _load_mark),
-        (pickle.INST, _load_refused), (pickle.OBJ, _load_refused), (pickle.NEWOBJ, _load_refused),
-        (pickle.NEWOBJ_EX, _load_refused), (pickle.EXT1, _load_refused),
-        (pickle.EXT2, _load_refused), (pickle.EXT4, _load_refused),
-        (pickle.BYTEARRAY8, _load_bytearray8), (pickle.APPEND, _load_append),
-        (pickle.APPENDS, _load_appends), (pickle.SETITEM, _load_setitem),
-        (pickle.SETITEMS, _load_setitems), (pickle.DICT, _load_dict),
-        (pickle.ADDITEMS, _load_additems), (pickle.FROZENSET, _load_frozenset),
-    ]:  # fmt: skip
+        (pickle.REDUCE, _load_reduce),
+        (pickle.BUILD, _load_build),
+        (pickle.MARK, _load_mark),
+        (pickle.INST, _load_refused),
+        (pickle.OBJ, _load_refused),
+        (pickle.NEWOBJ, _load_refused),
+        (pickle.NEWOBJ_EX, _load_refused),
+        (pickle.EXT1, _load_refused),
+        (pickle.EXT2, _load_refused),
+        (pickle.EXT4, _load_refused),
+        (pickle.BYTEARRAY8, _load_bytearray8),
+        (pickle.APPEND, _load_append),
+        (pickle.APPENDS, _load_appends),
+        (pickle.SETITEM, _load_setitem),
+        (pickle.SETITEMS, _load_setitems),
+        (pickle.DICT, _load_dict),
+        (pickle.ADDITEMS, _load_additems),
+        (pickle.FROZENSET, _load_frozenset),
+    ]:
         dispatch[_op[0]] = _fn
     del _op, _fn
 

@@ -15,16 +15,17 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from pipeline.cli import run_cli
 from pipeline.atomic import write_text_if_changed
+from pipeline.cli import run_cli
 from pipeline.config import ConfigError, dump_yaml, load_config, to_dict
-from pipeline.schema import SchemaError, read_record
 from pipeline.datasets import check_unique_video_ids
+from pipeline.schema import SchemaError, read_record
 from pose_extraction.extract import PoseConfig, VideoExtractor, distributed_shard, run_extract
 
 log = logging.getLogger("pose_extraction")
@@ -40,8 +41,14 @@ def build_estimator_from(cfg: PoseConfig) -> Any:
         return cls()
     path = wcache.resolve(cfg.estimator, "estimator", cfg.weights or None)
     settings = load_settings(cfg.estimator, cfg.estimator_settings or None)
-    return build_estimator(cfg.estimator, weights=str(path), device=_device(cfg.device),
-                           batch_size=cfg.batch_size, flip_test=cfg.flip_test, settings=settings)  # fmt: skip
+    return build_estimator(
+        cfg.estimator,
+        weights=str(path),
+        device=_device(cfg.device),
+        batch_size=cfg.batch_size,
+        flip_test=cfg.flip_test,
+        settings=settings,
+    )
 
 
 def build_detector_from(cfg: PoseConfig) -> Any:
@@ -50,8 +57,13 @@ def build_detector_from(cfg: PoseConfig) -> Any:
 
     d = cfg.detector
     path = wcache.resolve(cfg.estimator, "detector", d.weights or None)
-    return PersonDetector(weights=str(path), device=_device(cfg.device), score_threshold=d.score_threshold,
-                          min_area=d.min_area, batch_size=d.batch_size)  # fmt: skip
+    return PersonDetector(
+        weights=str(path),
+        device=_device(cfg.device),
+        score_threshold=d.score_threshold,
+        min_area=d.min_area,
+        batch_size=d.batch_size,
+    )
 
 
 def _device(name: str) -> str:
@@ -97,8 +109,15 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     extractor = VideoExtractor(cfg=cfg, estimator=estimator, detector=detector)
     if not args.no_overwrite:  # the records will all match it; with --no-overwrite, only if none was refused
         write_text_if_changed(out / "pose_config.yaml", dump_yaml(to_dict(cfg)))
-    run_extract(extractor, videos, out, shard=shard, max_failures=cfg.max_failures, overwrite=not args.no_overwrite,
-                retry_failed=args.retry_failed)  # fmt: skip
+    run_extract(
+        extractor,
+        videos,
+        out,
+        shard=shard,
+        max_failures=cfg.max_failures,
+        overwrite=not args.no_overwrite,
+        retry_failed=args.retry_failed,
+    )
     if args.no_overwrite:
         write_text_if_changed(out / "pose_config.yaml", dump_yaml(to_dict(cfg)))
     return 0
@@ -133,9 +152,9 @@ def _cmd_image(args: argparse.Namespace) -> int:
             box_scores = np.ones(len(boxes), np.float32)
         else:
             boxes, box_scores = build_detector_from(cfg).detect([rgb])[0]
-        (kp, sc), = estimator.estimate([rgb], [boxes])
+        ((kp, sc),) = estimator.estimate([rgb], [boxes])
     else:
-        (kp, sc), = estimator.estimate([rgb], None)
+        ((kp, sc),) = estimator.estimate([rgb], None)
         boxes, box_scores = None, None
     persons = []
     for i in range(kp.shape[0]):
@@ -143,8 +162,9 @@ def _cmd_image(args: argparse.Namespace) -> int:
         if boxes is not None:
             p["box"], p["box_score"] = boxes[i].tolist(), float(box_scores[i])
         persons.append(p)
-    atomic_write_text(args.out, json.dumps({"image": args.image, "estimator": args.estimator,
-                                            "persons": persons}, indent=1) + "\n")  # fmt: skip
+    atomic_write_text(
+        args.out, json.dumps({"image": args.image, "estimator": args.estimator, "persons": persons}, indent=1) + "\n"
+    )
     print(f"{len(persons)} persons -> {args.out}")
     return 0
 
@@ -173,8 +193,9 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pose_extraction", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m pose_extraction", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="verb", required=True)
 
@@ -186,9 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="auto, cpu, cuda")
     p.add_argument("--config", default=None, help="YAML with PoseConfig fields")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--no-overwrite", action="store_true",
-                   help="keep records made from another video or with other settings (reported, exit 1) "
-                        "instead of extracting them again")  # fmt: skip
+    p.add_argument(
+        "--no-overwrite",
+        action="store_true",
+        help="keep records made from another video or with other settings (reported, exit 1) "
+        "instead of extracting them again",
+    )
     p.add_argument("--retry-failed", action="store_true", help="extract again the videos listed in failures.jsonl")
     p.set_defaults(func=_cmd_extract)
 
@@ -219,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(build_parser(), argv, (ConfigError, SchemaError, ValueError, KeyError, RuntimeError, ImportError, OSError))
+    return run_cli(
+        build_parser(), argv, (ConfigError, SchemaError, ValueError, KeyError, RuntimeError, ImportError, OSError)
+    )
 
 
 if __name__ == "__main__":

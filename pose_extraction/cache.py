@@ -33,8 +33,9 @@ import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from pipeline.atomic import atomic_write_text
 
@@ -83,8 +84,11 @@ def file_identity(path: str | os.PathLike | None) -> dict:
 def make_key(video: Mapping, settings: Mapping) -> dict:
     """The cache key stored in a record: video identity, settings and their digest."""
     body = json.dumps({"video": video, "settings": settings}, sort_keys=True, default=str)
-    return {"video": dict(video), "settings": json.loads(json.dumps(settings, default=str)),
-            "digest": hashlib.sha256(body.encode()).hexdigest()}  # fmt: skip
+    return {
+        "video": dict(video),
+        "settings": json.loads(json.dumps(settings, default=str)),
+        "digest": hashlib.sha256(body.encode()).hexdigest(),
+    }
 
 
 def differences(old: Any, new: Mapping, *, limit: int = 4) -> str:
@@ -100,8 +104,11 @@ def differences(old: Any, new: Mapping, *, limit: int = 4) -> str:
         elif a != b:
             diffs.append(f"{where} {_short(a)} -> {_short(b)}")
 
-    walk({"video": old.get("video"), "settings": old.get("settings")},
-         {"video": new["video"], "settings": new["settings"]}, "")  # fmt: skip
+    walk(
+        {"video": old.get("video"), "settings": old.get("settings")},
+        {"video": new["video"], "settings": new["settings"]},
+        "",
+    )
     more = f" (and {len(diffs) - limit} more)" if len(diffs) > limit else ""
     return "; ".join(diffs[:limit]) + more if diffs else "digest differs"
 

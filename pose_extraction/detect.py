@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -57,8 +58,7 @@ class BoxDetector(Protocol):
     def detect(self, frames: Sequence[np.ndarray]) -> list[Detection]: ...
 
 
-def check_detections(detections: Sequence[Detection], n_frames: int, *,
-                     source: str = "detector") -> list[Detection]:  # fmt: skip
+def check_detections(detections: Sequence[Detection], n_frames: int, *, source: str = "detector") -> list[Detection]:
     """Validate a detector's output against the `BoxDetector` contract; return it as float32.
 
     Raises:
@@ -71,26 +71,34 @@ def check_detections(detections: Sequence[Detection], n_frames: int, *,
         try:
             boxes, scores = det
         except (TypeError, ValueError) as e:
-            raise DetectorError(f"{source}: frame {i}: expected (boxes, scores), "
-                                f"got {type(det).__name__}") from e  # fmt: skip
+            raise DetectorError(f"{source}: frame {i}: expected (boxes, scores), got {type(det).__name__}") from e
         boxes, scores = np.asarray(boxes, np.float32), np.asarray(scores, np.float32).reshape(-1)
         if boxes.size == 0:
             boxes = boxes.reshape(0, 4)
         if boxes.ndim != 2 or boxes.shape[1] != 4 or len(scores) != len(boxes):
-            raise DetectorError(f"{source}: frame {i}: expected boxes [k, 4] and scores [k], "
-                                f"got {boxes.shape} and {scores.shape}")  # fmt: skip
+            raise DetectorError(
+                f"{source}: frame {i}: expected boxes [k, 4] and scores [k], got {boxes.shape} and {scores.shape}"
+            )
         if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
             raise DetectorError(f"{source}: frame {i}: non-finite box or score")
         if len(scores) and (scores.min() < 0 or scores.max() > 1):
-            raise DetectorError(f"{source}: frame {i}: scores must be in [0, 1], got "
-                                f"[{scores.min():g}, {scores.max():g}]")  # fmt: skip
+            raise DetectorError(
+                f"{source}: frame {i}: scores must be in [0, 1], got [{scores.min():g}, {scores.max():g}]"
+            )
         out.append((boxes, scores))
     return out
 
 
-def filter_person_boxes(boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray, *,
-                        image_size: tuple[int, int], score_threshold: float, min_area: float,
-                        person_label: int = PERSON_LABEL) -> Detection:  # fmt: skip
+def filter_person_boxes(
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    *,
+    image_size: tuple[int, int],
+    score_threshold: float,
+    min_area: float,
+    person_label: int = PERSON_LABEL,
+) -> Detection:
     """Post-process raw detector output for one image: persons only, clipped, thresholded, sorted.
 
     Args:
@@ -108,8 +116,9 @@ def filter_person_boxes(boxes: np.ndarray, labels: np.ndarray, scores: np.ndarra
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     labels, scores = np.asarray(labels).reshape(-1), np.asarray(scores, np.float32).reshape(-1)
     h, w = image_size
-    boxes = np.stack([boxes[:, 0].clip(0, w), boxes[:, 1].clip(0, h),
-                      boxes[:, 2].clip(0, w), boxes[:, 3].clip(0, h)], axis=1)  # fmt: skip
+    boxes = np.stack(
+        [boxes[:, 0].clip(0, w), boxes[:, 1].clip(0, h), boxes[:, 2].clip(0, w), boxes[:, 3].clip(0, h)], axis=1
+    )
     area = (boxes[:, 2] - boxes[:, 0]).clip(min=0) * (boxes[:, 3] - boxes[:, 1]).clip(min=0)
     keep = (labels == person_label) & (scores >= score_threshold) & (area >= min_area)
     boxes, scores = boxes[keep], scores[keep]
@@ -135,9 +144,11 @@ def resolve_weights(weights: str | os.PathLike, *, estimator: str | None = None)
         path = path / WEIGHTS_FILENAME
     if not path.is_file():
         name = estimator or "<top-down estimator, e.g. vitpose>"
-        raise DetectorError(f"{path}: person detector weights not found ({WEIGHTS_FILENAME}); "
-                            f"fetch them with `make weights ESTIMATOR={name}` (the detector comes "
-                            "with the top-down estimators' weights)")  # fmt: skip
+        raise DetectorError(
+            f"{path}: person detector weights not found ({WEIGHTS_FILENAME}); "
+            f"fetch them with `make weights ESTIMATOR={name}` (the detector comes "
+            "with the top-down estimators' weights)"
+        )
     return path
 
 
@@ -160,10 +171,19 @@ class PersonDetector:
         estimator: the estimator this detector serves, named in the missing-weights message.
     """
 
-    def __init__(self, *, weights: str | os.PathLike | None, device: str = "cpu",
-                 score_threshold: float = 0.5, min_area: float = 1600.0, batch_size: int = 8,
-                 min_size: int = 800, max_size: int = 1333, rpn_post_nms_top_n_test: int = 1000,
-                 estimator: str | None = None):  # fmt: skip
+    def __init__(
+        self,
+        *,
+        weights: str | os.PathLike | None,
+        device: str = "cpu",
+        score_threshold: float = 0.5,
+        min_area: float = 1600.0,
+        batch_size: int = 8,
+        min_size: int = 800,
+        max_size: int = 1333,
+        rpn_post_nms_top_n_test: int = 1000,
+        estimator: str | None = None,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0.0 <= score_threshold <= 1.0:
@@ -177,12 +197,18 @@ class PersonDetector:
         # box_score_thresh prunes low-scoring boxes of every class before NMS and the
         # 100-detections cap, so persons are not crowded out by other classes.
         model = fasterrcnn_resnet50_fpn_v2(
-            weights=None, weights_backbone=None, num_classes=NUM_COCO_CLASSES, min_size=min_size,
-            max_size=max_size, box_score_thresh=self.score_threshold,
-            rpn_post_nms_top_n_test=rpn_post_nms_top_n_test)  # fmt: skip
+            weights=None,
+            weights_backbone=None,
+            num_classes=NUM_COCO_CLASSES,
+            min_size=min_size,
+            max_size=max_size,
+            box_score_thresh=self.score_threshold,
+            rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
+        )
         if self.weights is None:
-            log.warning("PersonDetector built with random weights (weights=None): for tests only, "
-                        "its boxes are meaningless")  # fmt: skip
+            log.warning(
+                "PersonDetector built with random weights (weights=None): for tests only, its boxes are meaningless"
+            )
         else:
             self._load(model, self.weights)
         self.model = model.eval().to(device)
@@ -202,8 +228,12 @@ class PersonDetector:
 
     def describe(self) -> dict[str, Any]:
         """Plain-type provenance for the pose record and the frozen config."""
-        return {"name": DETECTOR_NAME, "weights": "" if self.weights is None else self.weights.name,
-                "score_threshold": self.score_threshold, "min_area": self.min_area}  # fmt: skip
+        return {
+            "name": DETECTOR_NAME,
+            "weights": "" if self.weights is None else self.weights.name,
+            "score_threshold": self.score_threshold,
+            "min_area": self.min_area,
+        }
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[Detection]:
         """Detect persons in RGB uint8 frames [H, W, 3], `batch_size` frames per forward pass.
@@ -215,16 +245,21 @@ class PersonDetector:
         torch = self._torch
         out: list[Detection] = []
         for start in range(0, len(frames), self.batch_size):
-            batch = frames[start:start + self.batch_size]
+            batch = frames[start : start + self.batch_size]
             # uint8 [H, W, 3] -> float [3, H, W] in [0, 1], moved to the device as uint8 (4x less)
-            images = [torch.from_numpy(np.ascontiguousarray(f)).to(self.device)
-                      .permute(2, 0, 1).float().div_(255.0) for f in batch]  # fmt: skip
+            images = [
+                torch.from_numpy(np.ascontiguousarray(f)).to(self.device).permute(2, 0, 1).float().div_(255.0)
+                for f in batch
+            ]
             with torch.inference_mode():
                 preds = self.model(images)  # the model normalises and resizes internally
             for f, p in zip(batch, preds):
                 raw = (p["boxes"].cpu().numpy(), p["labels"].cpu().numpy(), p["scores"].cpu().numpy())
-                out.append(filter_person_boxes(*raw, image_size=f.shape[:2],
-                                               score_threshold=self.score_threshold, min_area=self.min_area))
+                out.append(
+                    filter_person_boxes(
+                        *raw, image_size=f.shape[:2], score_threshold=self.score_threshold, min_area=self.min_area
+                    )
+                )
         return out
 
 
@@ -233,8 +268,10 @@ def _import_torch() -> Any:
         import torch
         import torchvision  # noqa: F401
     except ImportError as e:
-        raise ImportError("PersonDetector needs torch and torchvision: "
-                          "pip install torch torchvision (see the Makefile for the pinned pair)") from e
+        raise ImportError(
+            "PersonDetector needs torch and torchvision: "
+            "pip install torch torchvision (see the Makefile for the pinned pair)"
+        ) from e
     return torch
 
 
@@ -246,11 +283,12 @@ class StaticDetector:
         scores: [k]; ones when omitted.
     """
 
-    def __init__(self, boxes: np.ndarray | Sequence[Sequence[float]],
-                 scores: np.ndarray | Sequence[float] | None = None):  # fmt: skip
+    def __init__(
+        self, boxes: np.ndarray | Sequence[Sequence[float]], scores: np.ndarray | Sequence[float] | None = None
+    ):
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
         scores = np.ones(len(boxes), np.float32) if scores is None else np.asarray(scores, np.float32)
-        (self.boxes, self.scores), = check_detections([(boxes, scores)], 1, source="StaticDetector")
+        ((self.boxes, self.scores),) = check_detections([(boxes, scores)], 1, source="StaticDetector")
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[Detection]:
         return [(self.boxes.copy(), self.scores.copy()) for _ in frames]

@@ -130,16 +130,22 @@ class VideoExtractor:
             est_settings = {}
         est_settings = {k: v for k, v in est_settings.items() if k not in ("batch_size", "device")}
         settings = {
-            "estimator": cfg.estimator, "estimator_version": str(getattr(est, "version", "")),
+            "estimator": cfg.estimator,
+            "estimator_version": str(getattr(est, "version", "")),
             "weights": cache.file_identity(getattr(est, "weights", "")),
-            "estimator_settings": est_settings, "flip_test": bool(getattr(est, "flip_test", cfg.flip_test)),
-            "reader": cfg.reader, "extractor_version": cfg.extractor_version, "tracking": asdict(self.tracking),
-        }  # fmt: skip
+            "estimator_settings": est_settings,
+            "flip_test": bool(getattr(est, "flip_test", cfg.flip_test)),
+            "reader": cfg.reader,
+            "extractor_version": cfg.extractor_version,
+            "tracking": asdict(self.tracking),
+        }
         if self.detector is not None:
             d = self.detector
-            settings["detector"] = {"score_threshold": float(getattr(d, "score_threshold", cfg.detector.score_threshold)),
-                                    "min_area": float(getattr(d, "min_area", cfg.detector.min_area)),
-                                    "weights": cache.file_identity(getattr(d, "weights", None))}  # fmt: skip
+            settings["detector"] = {
+                "score_threshold": float(getattr(d, "score_threshold", cfg.detector.score_threshold)),
+                "min_area": float(getattr(d, "min_area", cfg.detector.min_area)),
+                "weights": cache.file_identity(getattr(d, "weights", None)),
+            }
         return settings
 
     def key_for(self, video: Path) -> dict:
@@ -172,25 +178,44 @@ class VideoExtractor:
         has_boxes = self.detector is not None
         if not any(len(k) for k in kps):
             raise NoPersonError(f"no person detected in any of the {len(kps)} frames")
-        tracked = track_persons(boxes if has_boxes else None, box_scores if has_boxes else None, kps, scores,
-                                cfg=self.tracking)  # fmt: skip
+        tracked = track_persons(
+            boxes if has_boxes else None, box_scores if has_boxes else None, kps, scores, cfg=self.tracking
+        )
         rec = {
-            "frame_dir": video.stem, "total_frames": len(kps), "img_shape": (int(h), int(w)),
-            "original_shape": (int(h), int(w)), "keypoint": tracked["keypoint"],
-            "keypoint_score": tracked["keypoint_score"], "fps": float(fps), "person_ids": tracked["person_ids"],
-            "estimator": {"name": self.cfg.estimator, "weights": str(getattr(self.estimator, "weights", "")),
-                          "version": str(getattr(self.estimator, "version", ""))},
-            "schema_version": SCHEMA_VERSION, "extractor_version": EXTRACTOR_VERSION,
-            "tracking": tracked["tracking"], "source": str(video),
-        }  # fmt: skip
+            "frame_dir": video.stem,
+            "total_frames": len(kps),
+            "img_shape": (int(h), int(w)),
+            "original_shape": (int(h), int(w)),
+            "keypoint": tracked["keypoint"],
+            "keypoint_score": tracked["keypoint_score"],
+            "fps": float(fps),
+            "person_ids": tracked["person_ids"],
+            "estimator": {
+                "name": self.cfg.estimator,
+                "weights": str(getattr(self.estimator, "weights", "")),
+                "version": str(getattr(self.estimator, "version", "")),
+            },
+            "schema_version": SCHEMA_VERSION,
+            "extractor_version": EXTRACTOR_VERSION,
+            "tracking": tracked["tracking"],
+            "source": str(video),
+        }
         if has_boxes:
             rec["box"], rec["box_score"] = tracked["box"], tracked["box_score"]
         return rec
 
 
-def run_extract(extractor: VideoExtractor, videos: list[Path], out: Path, *, shard: tuple[int, int] = (0, 1),
-                max_failures: int = 0, progress: bool = True, overwrite: bool = True,
-                retry_failed: bool = False) -> dict:  # fmt: skip
+def run_extract(
+    extractor: VideoExtractor,
+    videos: list[Path],
+    out: Path,
+    *,
+    shard: tuple[int, int] = (0, 1),
+    max_failures: int = 0,
+    progress: bool = True,
+    overwrite: bool = True,
+    retry_failed: bool = False,
+) -> dict:
     """Extract `videos` (this shard) into `out`; returns counts.
 
     Args:
@@ -232,21 +257,33 @@ def run_extract(extractor: VideoExtractor, videos: list[Path], out: Path, *, sha
     cache.sweep_claims(out)
     failures_path = cache.write_failures_file(out)
     failed = sum(cache.read_failure(out, v.stem) is not None for v in mine)
-    summary = {"videos": len(mine), "extracted": counts["extracted"], "skipped_existing": counts["skipped"],
-               "skipped_failed": counts["skipped_failed"], "done_by_another_process": counts["done_by_other"],
-               "failed": failed, "refused": len(refused), "failures_file": str(failures_path)}  # fmt: skip
+    summary = {
+        "videos": len(mine),
+        "extracted": counts["extracted"],
+        "skipped_existing": counts["skipped"],
+        "skipped_failed": counts["skipped_failed"],
+        "done_by_another_process": counts["done_by_other"],
+        "failed": failed,
+        "refused": len(refused),
+        "failures_file": str(failures_path),
+    }
     log.info("extract: %s", summary)
     if refused:
-        raise RuntimeError(f"{len(refused)} of {len(mine)} existing records differ from this run and were kept "
-                           f"(--no-overwrite); first: {refused[0]}; rerun without --no-overwrite to re-extract")  # fmt: skip
+        raise RuntimeError(
+            f"{len(refused)} of {len(mine)} existing records differ from this run and were kept "
+            f"(--no-overwrite); first: {refused[0]}; rerun without --no-overwrite to re-extract"
+        )
     if failed > max_failures:
-        raise RuntimeError(f"{failed} of {len(mine)} videos failed (see {failures_path}); the others are "
-                           f"written and will be skipped on the next run (failed ones too, unless --retry-failed)")  # fmt: skip
+        raise RuntimeError(
+            f"{failed} of {len(mine)} videos failed (see {failures_path}); the others are "
+            f"written and will be skipped on the next run (failed ones too, unless --retry-failed)"
+        )
     return summary
 
 
-def _extract_one(extractor: VideoExtractor, video: Path, out: Path, *, overwrite: bool, retry_failed: bool,
-                 wait: bool) -> str | tuple[str, str]:  # fmt: skip
+def _extract_one(
+    extractor: VideoExtractor, video: Path, out: Path, *, overwrite: bool, retry_failed: bool, wait: bool
+) -> str | tuple[str, str]:
     """One video under its claim: "extracted", "skipped", "skipped_failed", "done_by_other", "failed",
     "busy" (claimed by another process, wait=False), or ("refused", what differs)."""
     dest = out / f"{video.stem}.pkl"
@@ -276,16 +313,23 @@ def _extract_one(extractor: VideoExtractor, video: Path, out: Path, *, overwrite
                 raise  # the output folder itself is unwritable: every video would fail the same way
             log.error("%s: %s", video, exc)
             log.debug("%s", traceback.format_exc())
-            cache.write_failure(out, video.stem, {"video": str(video), "error": f"{type(exc).__name__}: {exc}",
-                                                  "key": key})  # fmt: skip
+            cache.write_failure(
+                out, video.stem, {"video": str(video), "error": f"{type(exc).__name__}: {exc}", "key": key}
+            )
             return "failed"
-        log.info("%s: %d frames, %d persons kept, %.1f s", video.name, rec["total_frames"],
-                 rec["keypoint"].shape[0], time.perf_counter() - t0)  # fmt: skip
+        log.info(
+            "%s: %d frames, %d persons kept, %.1f s",
+            video.name,
+            rec["total_frames"],
+            rec["keypoint"].shape[0],
+            time.perf_counter() - t0,
+        )
         return "extracted"
 
 
-def _state(out: Path, dest: Path, video: Path, key: dict, *, overwrite: bool,
-           retry_failed: bool) -> str | tuple[str, str] | None:  # fmt: skip
+def _state(
+    out: Path, dest: Path, video: Path, key: dict, *, overwrite: bool, retry_failed: bool
+) -> str | tuple[str, str] | None:
     """What is already there for this key: "skipped", "skipped_failed", ("refused", why), or None (work)."""
     rec = stored_record(dest)
     if rec is not None:

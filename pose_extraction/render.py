@@ -3,20 +3,37 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
-COCO_EDGES = ((0, 1), (0, 2), (1, 3), (2, 4), (5, 6), (5, 7), (7, 9), (6, 8), (8, 10), (5, 11), (6, 12),
-              (11, 12), (11, 13), (13, 15), (12, 14), (14, 16))  # fmt: skip
+COCO_EDGES = (
+    (0, 1),
+    (0, 2),
+    (1, 3),
+    (2, 4),
+    (5, 6),
+    (5, 7),
+    (7, 9),
+    (6, 8),
+    (8, 10),
+    (5, 11),
+    (6, 12),
+    (11, 12),
+    (11, 13),
+    (13, 15),
+    (12, 14),
+    (14, 16),
+)
 _COLORS = ((66, 135, 245), (245, 96, 66), (80, 200, 120), (230, 200, 40))  # RGB per person slot
 
 
-def draw_poses(frame: np.ndarray, kp: np.ndarray, score: np.ndarray, ids: np.ndarray, *,
-               min_score: float = 0.05) -> np.ndarray:  # fmt: skip
+def draw_poses(
+    frame: np.ndarray, kp: np.ndarray, score: np.ndarray, ids: np.ndarray, *, min_score: float = 0.05
+) -> np.ndarray:
     """Draw persons kp [M, 17, 2] / score [M, 17] on an RGB frame (returns a copy)."""
     import cv2
 
@@ -35,13 +52,22 @@ def draw_poses(frame: np.ndarray, kp: np.ndarray, score: np.ndarray, ids: np.nda
                 cv2.circle(img, tuple(pts[j]), thick + 1, color, -1, cv2.LINE_AA)
         visible = pts[score[m] > min_score]
         top = visible[visible[:, 1].argmin()]
-        cv2.putText(img, f"id {int(ids[m])}", (int(top[0]), max(12, int(top[1]) - 6)), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.4 * thick, color, thick, cv2.LINE_AA)  # fmt: skip
+        cv2.putText(
+            img,
+            f"id {int(ids[m])}",
+            (int(top[0]), max(12, int(top[1]) - 6)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.4 * thick,
+            color,
+            thick,
+            cv2.LINE_AA,
+        )
     return img
 
 
-def render_video(record: dict, video: str | Path, out: str | Path, *,
-                 caption: Callable[[int], str] | None = None) -> int:  # fmt: skip
+def render_video(
+    record: dict, video: str | Path, out: str | Path, *, caption: Callable[[int], str] | None = None
+) -> int:
     """Write `out` (mp4v) with the record's skeletons over `video`; returns frames written.
 
     Args:
@@ -69,8 +95,9 @@ def render_video(record: dict, video: str | Path, out: str | Path, *,
                     t = start + i
                     img = draw_poses(frame, kp[:, t], score[:, t], ids) if t < kp.shape[1] else frame
                     if caption is not None:
-                        cv2.putText(img, caption(t), (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
-                                    cv2.LINE_AA)  # fmt: skip
+                        cv2.putText(
+                            img, caption(t), (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA
+                        )
                     writer.write(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
                     n += 1
         except BaseException:

@@ -28,7 +28,8 @@ Only numpy and cv2 at import time; torch is imported inside `TopDownEstimator.es
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -92,9 +93,11 @@ def get_warp_matrix(center: np.ndarray, scale: np.ndarray, output_size: tuple[in
     """
     zoom = output_size[0] / float(scale[0])
     return np.array(
-        [[zoom, 0.0, output_size[0] * 0.5 - zoom * float(center[0])],
-         [0.0, zoom, output_size[1] * 0.5 - zoom * float(center[1])]]
-    )  # fmt: skip
+        [
+            [zoom, 0.0, output_size[0] * 0.5 - zoom * float(center[0])],
+            [0.0, zoom, output_size[1] * 0.5 - zoom * float(center[1])],
+        ]
+    )
 
 
 def get_udp_warp_matrix(center: np.ndarray, scale: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:
@@ -106,9 +109,11 @@ def get_udp_warp_matrix(center: np.ndarray, scale: np.ndarray, output_size: tupl
     zx = (output_size[0] - 1.0) / float(scale[0])
     zy = (output_size[1] - 1.0) / float(scale[1])
     return np.array(
-        [[zx, 0.0, zx * (0.5 * float(scale[0]) - float(center[0]))],
-         [0.0, zy, zy * (0.5 * float(scale[1]) - float(center[1]))]]
-    )  # fmt: skip
+        [
+            [zx, 0.0, zx * (0.5 * float(scale[0]) - float(center[0]))],
+            [0.0, zy, zy * (0.5 * float(scale[1]) - float(center[1]))],
+        ]
+    )
 
 
 def _check_frame(frame: np.ndarray, where: str) -> None:
@@ -378,7 +383,7 @@ class TopDownEstimator:
         self.blur_kernel_size = int(blur_kernel_size)
         self.precision = precision
 
-    def heatmaps(self, crops: "torch.Tensor") -> "torch.Tensor":
+    def heatmaps(self, crops: torch.Tensor) -> torch.Tensor:
         """Normalised crops [N, 3, h, w] -> heatmaps [N, 17, heatmap_h, heatmap_w]."""
         raise NotImplementedError
 
@@ -408,9 +413,11 @@ class TopDownEstimator:
         for start in range(0, len(jobs), self.batch_size):
             chunk = jobs[start : start + self.batch_size]
             crops, centers, scales = crop_batch(
-                [frames[f] for f, _ in chunk], [checked[f][r : r + 1] for f, r in chunk],
-                input_size=self.input_size, udp=self.udp,
-            )  # fmt: skip
+                [frames[f] for f, _ in chunk],
+                [checked[f][r : r + 1] for f, r in chunk],
+                input_size=self.input_size,
+                udp=self.udp,
+            )
             heat = self.predict_heatmaps(crops)
             kp, sc = self.decode(heat, centers, scales)
             kps[start : start + len(chunk)], scores[start : start + len(chunk)] = kp, sc
@@ -453,9 +460,7 @@ class TopDownEstimator:
             return out
         return (out[:n] + flip_heatmaps(out[n:], shift=self.shift_heatmap)) * 0.5
 
-    def decode(
-        self, heatmaps: np.ndarray, centers: np.ndarray, scales: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def decode(self, heatmaps: np.ndarray, centers: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Heatmaps [N, 17, H, W] + crop centers/scales [N, 2] -> image keypoints [N, 17, 2], scores [N, 17]."""
         if self.udp:
             kp, vals = decode_udp(heatmaps, input_size=self.input_size, blur_kernel_size=self.blur_kernel_size)

@@ -31,8 +31,9 @@ Output (the data contract's arrays, M = min(max_persons, tracks found), 0 with n
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -63,11 +64,12 @@ class TrackingConfig:
 
     def __post_init__(self) -> None:
         if self.iou_weight < 0 or self.kp_weight < 0 or self.iou_weight + self.kp_weight <= 0:
-            raise ValueError(f"tracking: iou_weight and kp_weight must be >= 0 and not both 0, "
-                             f"got {self.iou_weight}, {self.kp_weight}")  # fmt: skip
+            raise ValueError(
+                f"tracking: iou_weight and kp_weight must be >= 0 and not both 0, "
+                f"got {self.iou_weight}, {self.kp_weight}"
+            )
         if self.max_age < 0 or self.max_persons < 0:
-            raise ValueError(f"tracking: max_age and max_persons must be >= 0, "
-                             f"got {self.max_age}, {self.max_persons}")  # fmt: skip
+            raise ValueError(f"tracking: max_age and max_persons must be >= 0, got {self.max_age}, {self.max_persons}")
 
 
 @dataclass
@@ -106,8 +108,9 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-def keypoint_distance(kp_a: np.ndarray, sc_a: np.ndarray, box_a: np.ndarray,
-                      kp_b: np.ndarray, sc_b: np.ndarray, box_b: np.ndarray) -> np.ndarray:  # fmt: skip
+def keypoint_distance(
+    kp_a: np.ndarray, sc_a: np.ndarray, box_a: np.ndarray, kp_b: np.ndarray, sc_b: np.ndarray, box_b: np.ndarray
+) -> np.ndarray:
     """Mean distance of the joints scored > 0 in both, over the mean box diagonal, clipped to 1.
 
     Shapes: kp_a [n, V, 2], sc_a [n, V], box_a [n, 4]; the same with m for b. Returns [n, m];
@@ -150,25 +153,29 @@ def _frames(boxes, box_scores, keypoints, scores) -> list[tuple[np.ndarray, ...]
         if sc.size == 0:
             sc = sc.reshape(0, kp.shape[1])
         if kp.ndim != 3 or kp.shape[2] != 2 or sc.shape != kp.shape[:2]:
-            raise ValueError(f"tracking: frame {t}: expected keypoints [k, V, 2] and scores [k, V], "
-                             f"got {kp.shape} and {sc.shape}")  # fmt: skip
+            raise ValueError(
+                f"tracking: frame {t}: expected keypoints [k, V, 2] and scores [k, V], got {kp.shape} and {sc.shape}"
+            )
         if boxes is None:
             box, valid = boxes_from_keypoints(kp, sc)
             bs = sc.mean(axis=1) if box_scores is None else np.asarray(box_scores[t], np.float32).reshape(-1)
             box, bs, kp, sc = box[valid], bs[valid], kp[valid], sc[valid]
         else:
             box = np.asarray(boxes[t], np.float32).reshape(-1, 4)
-            bs = (np.ones(len(box), np.float32) if box_scores is None
-                  else np.asarray(box_scores[t], np.float32).reshape(-1))  # fmt: skip
+            bs = (
+                np.ones(len(box), np.float32)
+                if box_scores is None
+                else np.asarray(box_scores[t], np.float32).reshape(-1)
+            )
         if not len(box) == len(bs) == len(kp):
-            raise ValueError(f"tracking: frame {t}: {len(box)} boxes, {len(bs)} box scores and "
-                             f"{len(kp)} keypoint sets")  # fmt: skip
+            raise ValueError(f"tracking: frame {t}: {len(box)} boxes, {len(bs)} box scores and {len(kp)} keypoint sets")
         out.append((box, bs.astype(np.float32), kp, sc))
     return out
 
 
-def _associate(active: list[_Track], box: np.ndarray, kp: np.ndarray, sc: np.ndarray,
-               cfg: TrackingConfig) -> list[tuple[int, int]]:  # fmt: skip
+def _associate(
+    active: list[_Track], box: np.ndarray, kp: np.ndarray, sc: np.ndarray, cfg: TrackingConfig
+) -> list[tuple[int, int]]:
     """Hungarian matching of active tracks to this frame's detections; returns (track, det) pairs."""
     if not active or not len(box):
         return []
@@ -179,15 +186,21 @@ def _associate(active: list[_Track], box: np.ndarray, kp: np.ndarray, sc: np.nda
     t_box = np.stack([tr.box for tr in active])  # [n, 4]
     t_kp = np.stack([tr.kp for tr in active])  # [n, V, 2]
     t_sc = np.stack([tr.kp_score for tr in active])  # [n, V]
-    cost = (cfg.iou_weight * (1.0 - box_iou(t_box, box))
-            + cfg.kp_weight * keypoint_distance(t_kp, t_sc, t_box, kp, sc, box))  # [n, m]  # fmt: skip
+    cost = cfg.iou_weight * (1.0 - box_iou(t_box, box)) + cfg.kp_weight * keypoint_distance(
+        t_kp, t_sc, t_box, kp, sc, box
+    )  # [n, m]
     rows, cols = linear_sum_assignment(np.where(cost <= cfg.max_cost, cost, _INFEASIBLE))
     return [(int(r), int(c)) for r, c in zip(rows, cols) if cost[r, c] <= cfg.max_cost]
 
 
-def track_persons(boxes: Sequence[np.ndarray] | None, box_scores: Sequence[np.ndarray] | None,
-                  keypoints: Sequence[np.ndarray], scores: Sequence[np.ndarray], *,
-                  cfg: TrackingConfig = TrackingConfig()) -> dict[str, Any]:  # fmt: skip
+def track_persons(
+    boxes: Sequence[np.ndarray] | None,
+    box_scores: Sequence[np.ndarray] | None,
+    keypoints: Sequence[np.ndarray],
+    scores: Sequence[np.ndarray],
+    *,
+    cfg: TrackingConfig = TrackingConfig(),
+) -> dict[str, Any]:
     """Link per-frame detections into tracks and keep the `cfg.max_persons` best.
 
     Args:
@@ -217,7 +230,7 @@ def track_persons(boxes: Sequence[np.ndarray] | None, box_scores: Sequence[np.nd
                 tracks[-1].add(t, d, box[d], kp[d], sc[d])
 
     ranked = sorted(tracks, key=lambda tr: (-tr.rank, tr.frames[0], tr.id))
-    kept = ranked[:cfg.max_persons]
+    kept = ranked[: cfg.max_persons]
     n_joints = next((f[2].shape[1] for f in frames if len(f[2])), NUM_JOINTS)
     m = len(kept)
     out = {
@@ -232,29 +245,40 @@ def track_persons(boxes: Sequence[np.ndarray] | None, box_scores: Sequence[np.nd
             box, bs, kp, sc = frames[t]
             out["keypoint"][slot, t], out["keypoint_score"][slot, t] = kp[d], sc[d]
             out["box"][slot, t], out["box_score"][slot, t] = box[d], bs[d]
-    out["tracking"] = _summary(cfg, tracks, kept, ranked[cfg.max_persons:], boxes is None)
+    out["tracking"] = _summary(cfg, tracks, kept, ranked[cfg.max_persons :], boxes is None)
     return out
 
 
-def _summary(cfg: TrackingConfig, tracks: list[_Track], kept: list[_Track], dropped: list[_Track],
-             from_keypoints: bool) -> dict[str, Any]:  # fmt: skip
+def _summary(
+    cfg: TrackingConfig, tracks: list[_Track], kept: list[_Track], dropped: list[_Track], from_keypoints: bool
+) -> dict[str, Any]:
     def info(tr: _Track) -> dict[str, Any]:
-        return {"id": tr.id, "frames": len(tr.frames), "first_frame": tr.frames[0],
-                "last_frame": tr.frames[-1], "mean_score": round(tr.mean_score, 6),
-                "rank_score": round(tr.rank, 6)}  # fmt: skip
+        return {
+            "id": tr.id,
+            "frames": len(tr.frames),
+            "first_frame": tr.frames[0],
+            "last_frame": tr.frames[-1],
+            "mean_score": round(tr.mean_score, 6),
+            "rank_score": round(tr.rank, 6),
+        }
 
     summary = {
         "rule": "hungarian: iou_weight*(1-IoU) + kp_weight*min(1, keypoint distance / box diagonal), "
-                "gated by max_cost; keep max_persons tracks by frames x mean keypoint score",
+        "gated by max_cost; keep max_persons tracks by frames x mean keypoint score",
         **asdict(cfg),
         "box_source": "keypoints" if from_keypoints else "detector",
         "num_tracks": len(tracks),
         "kept": [info(tr) for tr in kept],
         "best_dropped": info(dropped[0]) if dropped else None,
-    }  # fmt: skip
+    }
+
     def brief(tr: _Track) -> str:
         return f"id {tr.id} ({len(tr.frames)} frames x score {tr.mean_score:.2f})"
 
-    log.info("tracking: %d tracks found; kept %s; best dropped: %s", len(tracks),
-             ", ".join(map(brief, kept)) or "none", brief(dropped[0]) if dropped else "none")
+    log.info(
+        "tracking: %d tracks found; kept %s; best dropped: %s",
+        len(tracks),
+        ", ".join(map(brief, kept)) or "none",
+        brief(dropped[0]) if dropped else "none",
+    )
     return summary

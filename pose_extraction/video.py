@@ -36,8 +36,9 @@ import math
 import os
 import queue
 import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -248,8 +249,10 @@ class VideoReader:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"VideoReader({str(self.path)!r}, backend={self.backend!r}, size={self.size}, "
-                f"fps={self.fps:g}, frame_count={self.frame_count})")  # fmt: skip
+        return (
+            f"VideoReader({str(self.path)!r}, backend={self.backend!r}, size={self.size}, "
+            f"fps={self.fps:g}, frame_count={self.frame_count})"
+        )
 
     def close(self) -> None:
         """Stop any decoder thread and release the container. Safe to call twice."""
@@ -275,8 +278,9 @@ class VideoReader:
         self.frames_read, self.chunks_decoded = None, 0
         q: queue.Queue = queue.Queue(maxsize=self.max_queued)
         stop = threading.Event()
-        thread = threading.Thread(target=self._decode, args=(source, frames, first, q, stop), daemon=True,
-                                  name=f"decode:{self.path.name}")  # fmt: skip
+        thread = threading.Thread(
+            target=self._decode, args=(source, frames, first, q, stop), daemon=True, name=f"decode:{self.path.name}"
+        )
         self._workers.append((thread, stop, q))
         thread.start()
         try:
@@ -292,8 +296,9 @@ class VideoReader:
             if (thread, stop, q) in self._workers:
                 self._workers.remove((thread, stop, q))
 
-    def _decode(self, source: _Source, frames: Iterator[np.ndarray], first: np.ndarray,
-                q: queue.Queue, stop: threading.Event) -> None:  # fmt: skip
+    def _decode(
+        self, source: _Source, frames: Iterator[np.ndarray], first: np.ndarray, q: queue.Queue, stop: threading.Event
+    ) -> None:
         """Worker thread: decode into chunks and put them on `q`; always ends with _END or _Failure."""
         try:
             n = self._fill_queue(source, frames, first, q, stop)
@@ -305,8 +310,9 @@ class VideoReader:
         finally:
             source.close()
 
-    def _fill_queue(self, source: _Source, frames: Iterator[np.ndarray], first: np.ndarray,
-                    q: queue.Queue, stop: threading.Event) -> int | None:  # fmt: skip
+    def _fill_queue(
+        self, source: _Source, frames: Iterator[np.ndarray], first: np.ndarray, q: queue.Queue, stop: threading.Event
+    ) -> int | None:
         """Decode all frames into chunks on `q`; return the frame count, None if stopped."""
         h, w = self.size
         buf = np.empty((self.chunk_size, h, w, 3), np.uint8)  # [K, H, W, 3]
@@ -314,9 +320,11 @@ class VideoReader:
         frame: np.ndarray | None = first
         while frame is not None:
             if frame.shape[:2] != (h, w):
-                raise VideoError(f"{self.path}: frame {n} is {frame.shape[0]}x{frame.shape[1]} (HxW) "
-                                 f"but the earlier frames are {h}x{w}; a mid-video size change "
-                                 "is not supported")  # fmt: skip
+                raise VideoError(
+                    f"{self.path}: frame {n} is {frame.shape[0]}x{frame.shape[1]} (HxW) "
+                    f"but the earlier frames are {h}x{w}; a mid-video size change "
+                    "is not supported"
+                )
             buf[k] = frame
             n, k = n + 1, k + 1
             if k == self.chunk_size:
@@ -336,8 +344,13 @@ class VideoReader:
             self.chunks_decoded += 1
         expected = self.frame_count
         if error is not None or (expected is not None and n < expected):
-            log.warning("%s: decoded %d frames, the container reports %s%s", self.path, n, expected,
-                        f"; decoding stopped at an error: {error}" if error is not None else "")
+            log.warning(
+                "%s: decoded %d frames, the container reports %s%s",
+                self.path,
+                n,
+                expected,
+                f"; decoding stopped at an error: {error}" if error is not None else "",
+            )
         return n
 
 
@@ -371,8 +384,9 @@ def _stop_worker(thread: threading.Thread, stop: threading.Event, q: queue.Queue
         pass
 
 
-def open_video(path: str | os.PathLike, *, backend: str = "opencv", chunk_size: int = 32,
-               max_queued: int = 2) -> VideoReader:  # fmt: skip
+def open_video(
+    path: str | os.PathLike, *, backend: str = "opencv", chunk_size: int = 32, max_queued: int = 2
+) -> VideoReader:
     """Open a video for chunked, streamed decoding.
 
     Args:
@@ -401,8 +415,7 @@ def open_video(path: str | os.PathLike, *, backend: str = "opencv", chunk_size: 
     return VideoReader(p, backend=backend, chunk_size=chunk_size, max_queued=max_queued)
 
 
-def list_videos(source: str | os.PathLike | Sequence[str | os.PathLike], *,
-                recursive: bool = False) -> list[Path]:  # fmt: skip
+def list_videos(source: str | os.PathLike | Sequence[str | os.PathLike], *, recursive: bool = False) -> list[Path]:
     """The videos to process, from a folder, a list file, one video, or a sequence of paths.
 
     Args:
@@ -424,8 +437,7 @@ def list_videos(source: str | os.PathLike | Sequence[str | os.PathLike], *,
     src = Path(source)
     if src.is_dir():
         pattern = "**/*" if recursive else "*"
-        videos = sorted(p for p in src.glob(pattern)
-                        if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)  # fmt: skip
+        videos = sorted(p for p in src.glob(pattern) if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
         if not videos:
             raise VideoError(f"{src}: no video files ({' '.join(VIDEO_EXTENSIONS)}) in this folder")
         return videos
@@ -442,6 +454,5 @@ def list_videos(source: str | os.PathLike | Sequence[str | os.PathLike], *,
 def _check_exist(paths: list[Path], where: str) -> list[Path]:
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        raise VideoError(f"{where}: {len(missing)} of {len(paths)} listed videos not found: "
-                         + ", ".join(missing))  # fmt: skip
+        raise VideoError(f"{where}: {len(missing)} of {len(paths)} listed videos not found: " + ", ".join(missing))
     return paths

@@ -38,9 +38,11 @@ class WeightFile:
 
 
 _DETECTOR = WeightFile(
-    "detector", "fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth",
-    "https://download.pytorch.org/models/fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth", "dd69338a",
-)  # fmt: skip
+    "detector",
+    "fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth",
+    "https://download.pytorch.org/models/fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth",
+    "dd69338a",
+)
 
 _OPP = "https://github.com/openpifpaf/torchhub/releases/download/v0.13/"
 _K16 = "shufflenetv2k16-210820-232500-cocokp-slurm726069-edge513-o10s-7189450a.pkl"
@@ -54,18 +56,25 @@ OFFICIAL: dict[str, tuple[WeightFile, ...]] = {
     "openpifpaf_shufflenetv2k30": (WeightFile("estimator", _K30, _OPP + _K30, "5fe1c400"),),
     "openpifpaf_resnet50": (WeightFile("estimator", _R50, _OPP + _R50, "ecd30da4"),),
     "vitpose": (
-        WeightFile("estimator", "td-hm_ViTPose-base_8xb64-210e_coco-256x192-216eae50_20230314.pth",
-                   "https://download.openmmlab.com/mmpose/v1/body_2d_keypoint/topdown_heatmap/coco/"
-                   "td-hm_ViTPose-base_8xb64-210e_coco-256x192-216eae50_20230314.pth", "216eae50"),
+        WeightFile(
+            "estimator",
+            "td-hm_ViTPose-base_8xb64-210e_coco-256x192-216eae50_20230314.pth",
+            "https://download.openmmlab.com/mmpose/v1/body_2d_keypoint/topdown_heatmap/coco/"
+            "td-hm_ViTPose-base_8xb64-210e_coco-256x192-216eae50_20230314.pth",
+            "216eae50",
+        ),
         _DETECTOR,
     ),
     "hrnet": (
-        WeightFile("estimator", "hrnet_w32_coco_256x192-c78dce93_20200708.pth",
-                   "https://download.openmmlab.com/mmpose/top_down/hrnet/hrnet_w32_coco_256x192-c78dce93_20200708.pth",
-                   "c78dce93"),
+        WeightFile(
+            "estimator",
+            "hrnet_w32_coco_256x192-c78dce93_20200708.pth",
+            "https://download.openmmlab.com/mmpose/top_down/hrnet/hrnet_w32_coco_256x192-c78dce93_20200708.pth",
+            "c78dce93",
+        ),
         _DETECTOR,
     ),
-}  # fmt: skip
+}
 
 
 class WeightsError(RuntimeError):
@@ -135,11 +144,11 @@ def import_file(estimator: str, src: str | os.PathLike, *, role: str = "estimato
 def fetch(estimator: str) -> list[Path]:
     """Download the official files of `estimator` into the cache, checking their hash prefixes."""
     if estimator == "blazepose":
-        raise WeightsError("blazepose needs no download: its model ships inside the mediapipe 0.10.21 wheel "
-                           "(make install-mediapipe)")  # fmt: skip
+        raise WeightsError(
+            "blazepose needs no download: its model ships inside the mediapipe 0.10.21 wheel (make install-mediapipe)"
+        )
     if estimator not in OFFICIAL:
-        raise WeightsError(f"no official download known for {estimator!r}; known: {sorted(OFFICIAL)}; "
-                           "use --from FILE")  # fmt: skip
+        raise WeightsError(f"no official download known for {estimator!r}; known: {sorted(OFFICIAL)}; use --from FILE")
     paths = []
     for wf in OFFICIAL[estimator]:
         dest = cache_dir() / wf.filename

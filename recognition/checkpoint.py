@@ -83,11 +83,17 @@ def model_config_from_state(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     dim_feat = state["backbone.joints_embed.weight"].shape[0]
     mlp_hidden = state["backbone.blocks_st.0.mlp_s.fc1.weight"].shape[0]
     return dict(
-        backbone="dstformer", preset="base", num_classes=state["head.fc2.weight"].shape[0],
-        hidden_dim=state["head.fc1.weight"].shape[0], maxlen=state["backbone.temp_embed"].shape[1],
-        dim_feat=dim_feat, dim_rep=state["backbone.pre_logits.fc.weight"].shape[0], depth=depth,
-        num_heads=8, mlp_ratio=mlp_hidden / dim_feat,
-    )  # fmt: skip
+        backbone="dstformer",
+        preset="base",
+        num_classes=state["head.fc2.weight"].shape[0],
+        hidden_dim=state["head.fc1.weight"].shape[0],
+        maxlen=state["backbone.temp_embed"].shape[1],
+        dim_feat=dim_feat,
+        dim_rep=state["backbone.pre_logits.fc.weight"].shape[0],
+        depth=depth,
+        num_heads=8,
+        mlp_ratio=mlp_hidden / dim_feat,
+    )
 
 
 def build_model_from_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> tuple[ActionModel, dict]:

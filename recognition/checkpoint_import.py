@@ -71,8 +71,9 @@ def load_torch_file(path: str | Path, *, allow_pickle: bool = False, remedy: str
         raise CheckpointError(f"{p}: checkpoint file {'is a directory' if p.is_dir() else 'not found'}")
     size = p.stat().st_size
     if size == 0:
-        raise CheckpointError(f"{p}: checkpoint file is empty (0 bytes), probably left by an interrupted "
-                              f"write or copy; {remedy}")  # fmt: skip
+        raise CheckpointError(
+            f"{p}: checkpoint file is empty (0 bytes), probably left by an interrupted write or copy; {remedy}"
+        )
     problem = _file_problem(p)
     if problem is not None:
         raise CheckpointError(f"{p}: {problem}; {_advice(problem, remedy)}")
@@ -80,8 +81,10 @@ def load_torch_file(path: str | Path, *, allow_pickle: bool = False, remedy: str
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for one bad file; all become one line
         if isinstance(err, EOFError) or "EOF" in str(err):  # e.g. a legacy file cut inside its tensor bytes
-            raise CheckpointError(f"{p}: checkpoint file is truncated ({size} bytes; {_first_line(err)}), "
-                                  f"probably cut off while being written or copied; {remedy}") from err  # fmt: skip
+            raise CheckpointError(
+                f"{p}: checkpoint file is truncated ({size} bytes; {_first_line(err)}), "
+                f"probably cut off while being written or copied; {remedy}"
+            ) from err
         refused = isinstance(err, pickle.UnpicklingError) and "weights only load failed" in str(err).lower()
         if not refused:
             raise CheckpointError(f"{p}: cannot read checkpoint ({_first_line(err)}); {remedy}") from err
@@ -91,8 +94,12 @@ def load_torch_file(path: str | Path, *, allow_pickle: bool = False, remedy: str
             f"{p}: weights_only=True cannot read it: it references {_name_list(names)}; pass allow_pickle=True "
             "(evaluate --allow-pickle) only if you trust the file, since unpickling it can run arbitrary code"
         )
-    log.warning("%s: allow_pickle (--allow-pickle): trusting this file and unpickling it fully (weights_only=False), "
-                "which can run arbitrary code from it; it references %s", p, _name_list(names))  # fmt: skip
+    log.warning(
+        "%s: allow_pickle (--allow-pickle): trusting this file and unpickling it fully (weights_only=False), "
+        "which can run arbitrary code from it; it references %s",
+        p,
+        _name_list(names),
+    )
     try:
         return torch.load(p, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001
@@ -166,8 +173,10 @@ def _file_problem(p: Path) -> str | None:
         head = f.read(8)
     if head.startswith(b"PK\x03\x04"):
         if not zipfile.is_zipfile(p):
-            return (f"checkpoint file is truncated ({p.stat().st_size} bytes; its zip archive has no end record), "
-                    "probably cut off while being written or copied")
+            return (
+                f"checkpoint file is truncated ({p.stat().st_size} bytes; its zip archive has no end record), "
+                "probably cut off while being written or copied"
+            )
         with zipfile.ZipFile(p) as z:
             if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in z.namelist()):
                 return "not a torch checkpoint (a zip archive without data.pkl)"
@@ -185,8 +194,10 @@ def _file_problem(p: Path) -> str | None:
             _globals_in(stream)
     except ValueError as err:  # pickletools: data that ends before STOP, an unknown opcode, a bad argument
         if any(m in str(err) for m in ("not enough data", "remain", "exhausted", "no newline")):
-            return (f"checkpoint file is truncated ({p.stat().st_size} bytes; its pickle stream ends early), "
-                    "probably cut off while being written or copied")
+            return (
+                f"checkpoint file is truncated ({p.stat().st_size} bytes; its pickle stream ends early), "
+                "probably cut off while being written or copied"
+            )
         return f"not a torch checkpoint (not a valid pickle stream: {_first_line(err)})"
     return None
 

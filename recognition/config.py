@@ -86,8 +86,9 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if cfg.maskclr.sc_p_dim not in (0, 1):
         raise ValueError(f"maskclr.sc_p_dim must be 0 or 1, got {cfg.maskclr.sc_p_dim}")
     if cfg.model.faithful_residual_bug and cfg.model.backbone != "transformer":
-        raise ValueError(f"model.faithful_residual_bug (F9) exists only for the transformer backbone, "
-                         f"not {cfg.model.backbone!r}")  # fmt: skip
+        raise ValueError(
+            f"model.faithful_residual_bug (F9) exists only for the transformer backbone, not {cfg.model.backbone!r}"
+        )
     if not cfg.faithful:
         return cfg
     model = dataclasses.replace(cfg.model, faithful_residual_bug=cfg.model.backbone == "transformer")

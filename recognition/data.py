@@ -5,6 +5,7 @@ The dataset keeps each record's keypoint/score arrays as they are (compact, vari
 [N, 2, 243, 17, 3] tensor. Randomness is a pure function of (seed, epoch, index): results do not depend on the number
 of DataLoader workers and a resumed run replays the same draws.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,8 +40,9 @@ def split_frame_dirs(index: dict, split: str, *, source: str | Path | None = Non
     known = {a["frame_dir"] for a in index["annotations"]}
     missing = [n for n in names if n not in known]
     if missing:
-        raise ValueError(f"split {split!r}{where} names {len(missing)} clip(s) with no annotation, "
-                         f"first: {missing[0]!r}")
+        raise ValueError(
+            f"split {split!r}{where} names {len(missing)} clip(s) with no annotation, first: {missing[0]!r}"
+        )
     return names
 
 
@@ -48,13 +50,18 @@ def _check_record(rec: dict, num_classes: int) -> str | None:
     """Raise on malformed input; return why a clip holds no usable data (skippable), or None when it is usable."""
     name = rec["frame_dir"]
     label = rec.get("label")
-    if label is None or isinstance(label, bool) or not isinstance(label, (int, np.integer)) \
-            or not 0 <= label < num_classes:
+    if (
+        label is None
+        or isinstance(label, bool)
+        or not isinstance(label, (int, np.integer))
+        or not 0 <= label < num_classes
+    ):
         raise ValueError(f"{name}: label {label!r} is not an int in [0, {num_classes})")
     kp, score = rec["keypoint"], rec["keypoint_score"]
     if kp.ndim != 4 or kp.shape[2:] != (17, 2) or score.shape != kp.shape[:3]:
-        raise ValueError(f"{name}: expected keypoint [M, T, 17, 2] and keypoint_score [M, T, 17], "
-                         f"got {kp.shape} and {score.shape}")
+        raise ValueError(
+            f"{name}: expected keypoint [M, T, 17, 2] and keypoint_score [M, T, 17], got {kp.shape} and {score.shape}"
+        )
     if kp.shape[1] != rec.get("total_frames", kp.shape[1]):
         raise ValueError(f"{name}: total_frames {rec['total_frames']} != keypoint frames {kp.shape[1]}")
     if kp.shape[0] == 0:
@@ -86,9 +93,19 @@ class SkeletonDataset(Dataset):
         person_selection: frame_dir -> kept person slots, for clips that had more than 2 persons.
     """
 
-    def __init__(self, *, annotations: list[dict], frame_dirs: list[str], train: bool, opts: PreprocessOptions,
-                 seed: int, num_classes: int, noise_sigma: float = 0.0, noise_per_person: bool = True,
-                 skip_bad: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        annotations: list[dict],
+        frame_dirs: list[str],
+        train: bool,
+        opts: PreprocessOptions,
+        seed: int,
+        num_classes: int,
+        noise_sigma: float = 0.0,
+        noise_per_person: bool = True,
+        skip_bad: bool = False,
+    ) -> None:
         by_name: dict[str, dict] = {}
         for rec in annotations:
             if rec["frame_dir"] in by_name:
@@ -130,8 +147,9 @@ class SkeletonDataset(Dataset):
         self.fixed_indices: list[np.ndarray] | None = None
         if train and not opts.resample_per_item:
             rng = np.random.default_rng([seed])
-            self.fixed_indices = [resample_indices(kp.shape[1], opts.clip_len, train=True, rng=rng)
-                                  for kp in self.keypoints]  # fmt: skip
+            self.fixed_indices = [
+                resample_indices(kp.shape[1], opts.clip_len, train=True, rng=rng) for kp in self.keypoints
+            ]
 
     def set_epoch(self, epoch: int) -> None:
         """Select the random draws of `epoch` (call before iterating each training epoch)."""
@@ -150,8 +168,15 @@ class SkeletonDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         x = preprocess_clip(
-            self.keypoints[index], self.scores[index], self.img_shapes[index], train=self.train, opts=self.opts,
-            rng=self.item_rng(index), noise_sigma=self.noise_sigma, noise_per_person=self.noise_per_person,
-            indices=None if self.fixed_indices is None else self.fixed_indices[index], clip_name=self.names[index],
+            self.keypoints[index],
+            self.scores[index],
+            self.img_shapes[index],
+            train=self.train,
+            opts=self.opts,
+            rng=self.item_rng(index),
+            noise_sigma=self.noise_sigma,
+            noise_per_person=self.noise_per_person,
+            indices=None if self.fixed_indices is None else self.fixed_indices[index],
+            clip_name=self.names[index],
         )  # [2, T, 17, 3]
         return torch.from_numpy(x), self.labels[index]

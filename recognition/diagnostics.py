@@ -3,6 +3,7 @@
 Pure numpy (scikit-learn only inside `tsne_embedding`); no torch, no files. The report (`recognition.report`) turns
 what these return into tables and figures.
 """
+
 from __future__ import annotations
 
 import re
@@ -136,12 +137,13 @@ def pose_quality(index: dict, frame_dirs: list[str]) -> dict:
         missing_persons += int(np.clip(want - per_frame, 0, None).sum())
     v = 17
     return {
-        "clips": len(frame_dirs), "person_frames": det_frames,
+        "clips": len(frame_dirs),
+        "person_frames": det_frames,
         "missing_keypoints_pct": 100.0 * missing_kp / (det_frames * v) if det_frames else 0.0,
         "expected_person_frames": expected_total,
         "missing_persons_pct": 100.0 * missing_persons / expected_total if expected_total else None,
         "unknown_expected": unknown,
-    }  # fmt: skip
+    }
 
 
 def tsne_embedding(features: np.ndarray, *, perplexity: float = 30.0, seed: int = 0) -> np.ndarray:

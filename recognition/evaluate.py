@@ -66,14 +66,25 @@ def accuracy_report(logits: np.ndarray, labels: np.ndarray, names: list[str]) ->
     metrics = {
         "top1": float(100.0 * (pred == labels).mean()) if n else 0.0,
         "top5": float(100.0 * (top5 == labels[:, None]).any(1).mean()) if n else 0.0,
-        "n": int(n), "num_classes": int(c), "per_class_accuracy": per_class,
-    }  # fmt: skip
+        "n": int(n),
+        "num_classes": int(c),
+        "per_class_accuracy": per_class,
+    }
     return metrics, conf
 
 
-def run_evaluate(*, checkpoint: str | Path, data: str | Path, split: str, out: str | Path, device: str = "auto",
-                 noise_sigma: float = 0.0, faithful: bool | None = None, batch_size: int = 32,
-                 allow_pickle: bool = False) -> dict:  # fmt: skip
+def run_evaluate(
+    *,
+    checkpoint: str | Path,
+    data: str | Path,
+    split: str,
+    out: str | Path,
+    device: str = "auto",
+    noise_sigma: float = 0.0,
+    faithful: bool | None = None,
+    batch_size: int = 32,
+    allow_pickle: bool = False,
+) -> dict:
     """Evaluate and write the files; returns metrics."""
     dev = pick_device(device)
     model, ck = build_model_from_checkpoint(checkpoint, allow_pickle=allow_pickle)
@@ -89,16 +100,29 @@ def run_evaluate(*, checkpoint: str | Path, data: str | Path, split: str, out: s
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=cfg.optim.num_workers)
     logits, feats, labels = predict_dataset(model, loader, dev)
     metrics, conf = accuracy_report(logits, labels, names)
-    metrics.update(checkpoint=str(checkpoint), data=str(data), split=split, noise_sigma=noise_sigma,
-                   faithful=cfg.faithful, skipped=ds.skipped)  # fmt: skip
+    metrics.update(
+        checkpoint=str(checkpoint),
+        data=str(data),
+        split=split,
+        noise_sigma=noise_sigma,
+        faithful=cfg.faithful,
+        skipped=ds.skipped,
+    )
     out = Path(out)
     buf = io.BytesIO()
-    np.savez(buf, frame_dir=np.array(ds.names), label=labels.astype(np.int64), logits=logits.astype(np.float32),
-             features=feats.astype(np.float32))  # fmt: skip
+    np.savez(
+        buf,
+        frame_dir=np.array(ds.names),
+        label=labels.astype(np.int64),
+        logits=logits.astype(np.float32),
+        features=feats.astype(np.float32),
+    )
     atomic_write_bytes(out / "predictions.npz", buf.getvalue())
     header = "true\\pred," + ",".join(names)
     rows = [f"{names[i]}," + ",".join(str(v) for v in conf[i]) for i in range(num_classes)]
     atomic_write_text(out / "confusion.csv", "\n".join([header, *rows]) + "\n")
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    log.info("%s on %s: top-1 %.2f top-5 %.2f (n=%d)", checkpoint, split, metrics["top1"], metrics["top5"], metrics["n"])
+    log.info(
+        "%s on %s: top-1 %.2f top-5 %.2f (n=%d)", checkpoint, split, metrics["top1"], metrics["top5"], metrics["n"]
+    )
     return metrics

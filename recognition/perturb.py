@@ -13,19 +13,29 @@ RNG or touches torch. Where each one plugs into the preprocessing of docs/method
 
 Axis letters: M persons, T frames, V joints, C channels.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 from recognition.preprocess import add_gaussian_noise, normalize_screen
 
-SPACE = {"gaussian": "screen", "spatial": "screen", "shift": "model", "mask_targeted": "model",
-         "mask_random": "model"}  # fmt: skip
+SPACE = {"gaussian": "screen", "spatial": "screen", "shift": "model", "mask_targeted": "model", "mask_random": "model"}
 
-__all__ = ["SPACE", "gaussian_noise", "spatial_noise", "perturb_pixels", "shift_joints", "top_k_joint_mask",
-           "random_joint_mask", "zero_tokens", "token_ranks", "first_units_mask"]  # fmt: skip
+__all__ = [
+    "SPACE",
+    "gaussian_noise",
+    "spatial_noise",
+    "perturb_pixels",
+    "shift_joints",
+    "top_k_joint_mask",
+    "random_joint_mask",
+    "zero_tokens",
+    "token_ranks",
+    "first_units_mask",
+]
 
 
 def gaussian_noise(xy: np.ndarray, sigma: float, rng: np.random.Generator, *, per_person: bool) -> np.ndarray:
@@ -59,8 +69,9 @@ def spatial_noise(xy: np.ndarray, sigma: float, rng: np.random.Generator, *, per
     return np.clip(xy + offset, -1.0, 1.0)
 
 
-def perturb_pixels(keypoint: np.ndarray, img_shape: tuple[int, int],
-                   fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+def perturb_pixels(
+    keypoint: np.ndarray, img_shape: tuple[int, int], fn: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
     """Apply a screen-space perturbation `fn` to pixel keypoints [M, T, V, 2]; returns float64 pixels.
 
     Pixels -> `normalize_screen` -> fn -> pixels, so that `preprocess_clip` (which normalises again) sees exactly

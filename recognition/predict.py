@@ -40,6 +40,7 @@ from recognition.train import pick_device
 
 log = logging.getLogger(__name__)
 
+
 def window_starts(total: int, clip_len: int) -> list[int]:
     """Starts of the sliding windows over `total` frames (one window when total <= clip_len)."""
     if total <= clip_len:
@@ -78,17 +79,51 @@ def predict_record(model, rec: dict, *, opts, names: list[str], device: torch.de
     clip_len = opts.clip_len
     starts = window_starts(total, clip_len)
     spans = [(0, total)] + ([(s, s + clip_len) for s in starts] if total > clip_len else [])
-    x = np.stack([preprocess_clip(kp[:, s:e], score[:, s:e], rec["img_shape"], train=False, opts=opts, rng=None,
-                                  clip_name=rec["frame_dir"]) for s, e in spans])  # [W, 2, T, V, C]
+    x = np.stack(
+        [
+            preprocess_clip(
+                kp[:, s:e],
+                score[:, s:e],
+                rec["img_shape"],
+                train=False,
+                opts=opts,
+                rng=None,
+                clip_name=rec["frame_dir"],
+            )
+            for s, e in spans
+        ]
+    )  # [W, 2, T, V, C]
     probs = torch.softmax(model(torch.from_numpy(x).to(device)).logits.float(), dim=1).cpu().numpy()
-    windows = [{"start_frame": s, "end_frame": e, "start_s": round(s / fps, 3), "end_s": round(e / fps, 3),
-                "top": topk(p, names, k)} for (s, e), p in zip(spans[1:], probs[1:])]  # fmt: skip
+    windows = [
+        {
+            "start_frame": s,
+            "end_frame": e,
+            "start_s": round(s / fps, 3),
+            "end_s": round(e / fps, 3),
+            "top": topk(p, names, k),
+        }
+        for (s, e), p in zip(spans[1:], probs[1:])
+    ]
     if not windows:
-        windows = [{"start_frame": 0, "end_frame": total, "start_s": 0.0, "end_s": round(total / fps, 3),
-                    "top": topk(probs[0], names, k)}]  # fmt: skip
-    return {"video": rec.get("source", rec["frame_dir"]), "frame_dir": rec["frame_dir"], "total_frames": total,
-            "fps": fps, "persons": int(rec["keypoint"].shape[0]), "clip_len": clip_len,
-            "clip": {"top": topk(probs[0], names, k)}, "windows": windows}  # fmt: skip
+        windows = [
+            {
+                "start_frame": 0,
+                "end_frame": total,
+                "start_s": 0.0,
+                "end_s": round(total / fps, 3),
+                "top": topk(probs[0], names, k),
+            }
+        ]
+    return {
+        "video": rec.get("source", rec["frame_dir"]),
+        "frame_dir": rec["frame_dir"],
+        "total_frames": total,
+        "fps": fps,
+        "persons": int(rec["keypoint"].shape[0]),
+        "clip_len": clip_len,
+        "clip": {"top": topk(probs[0], names, k)},
+        "windows": windows,
+    }
 
 
 def frame_captions(result: dict) -> list[str]:
@@ -107,8 +142,20 @@ def run_extraction(videos: list[Path], poses: Path, *, estimator: str, python: s
     poses.mkdir(parents=True, exist_ok=True)
     listing = poses / "videos.txt"
     atomic_write_text(listing, "".join(f"{v.resolve()}\n" for v in videos))
-    cmd = [python, "-m", "pose_extraction", "extract", "--estimator", estimator, "--videos", str(listing),
-           "--out", str(poses), "--set", f"max_failures={len(videos)}"]  # fmt: skip
+    cmd = [
+        python,
+        "-m",
+        "pose_extraction",
+        "extract",
+        "--estimator",
+        estimator,
+        "--videos",
+        str(listing),
+        "--out",
+        str(poses),
+        "--set",
+        f"max_failures={len(videos)}",
+    ]
     if device != "auto":
         cmd += ["--device", device]
     log.info("stage 1: %s", " ".join(cmd))
@@ -126,9 +173,18 @@ def render_overlay(python: str, record: Path, video: Path, out: Path, captions: 
     cap_file.unlink()
 
 
-def run_predict(*, video: str | Path, run: str | Path, out: str | Path, estimator: str = "blazepose",
-                estimator_python: str | None = None, device: str = "auto", k: int = 5,
-                overlay: bool = True, poses: str | Path | None = None) -> list[dict]:  # fmt: skip
+def run_predict(
+    *,
+    video: str | Path,
+    run: str | Path,
+    out: str | Path,
+    estimator: str = "blazepose",
+    estimator_python: str | None = None,
+    device: str = "auto",
+    k: int = 5,
+    overlay: bool = True,
+    poses: str | Path | None = None,
+) -> list[dict]:
     """Predict labels for a video or a folder of videos; returns one result per video."""
     src, out = Path(video), Path(out)
     if src.is_dir():
@@ -156,7 +212,9 @@ def run_predict(*, video: str | Path, run: str | Path, out: str | Path, estimato
             log.error("%s: no pose record (see %s)", v, poses / "failures.jsonl")
             for stale in (out / f"{v.stem}.labels.json", out / f"{v.stem}.overlay.mp4"):
                 stale.unlink(missing_ok=True)  # an earlier video of this name: its label is not this one's
-            rows.append({"video": str(v), "top1": "", "prob": "", "top5": "", "error": "no person found / extraction failed"})
+            rows.append(
+                {"video": str(v), "top1": "", "prob": "", "top5": "", "error": "no person found / extraction failed"}
+            )
             continue
         res = predict_record(model, read_record(rec_path), opts=opts, names=names, device=dev, k=k)
         res.update(video=str(v), checkpoint=str(ck), estimator=estimator)
@@ -164,8 +222,15 @@ def run_predict(*, video: str | Path, run: str | Path, out: str | Path, estimato
         if overlay:
             render_overlay(python, rec_path, v, out / f"{v.stem}.overlay.mp4", frame_captions(res))
         top = res["clip"]["top"]
-        rows.append({"video": str(v), "top1": top[0]["label"], "prob": top[0]["prob"],
-                     "top5": " ".join(t["label"] for t in top), "error": ""})  # fmt: skip
+        rows.append(
+            {
+                "video": str(v),
+                "top1": top[0]["label"],
+                "prob": top[0]["prob"],
+                "top5": " ".join(t["label"] for t in top),
+                "error": "",
+            }
+        )
         results.append(res)
         log.info("%s: %s (%.0f%%), %d windows", v.name, top[0]["label"], 100 * top[0]["prob"], len(res["windows"]))
     buf = io.StringIO()

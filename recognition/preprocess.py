@@ -6,6 +6,7 @@ randomness comes from an explicit `np.random.Generator` argument; nothing here s
 
 Axis letters: M persons, T frames (T0 = the raw length), V joints, C channels (x, y, conf).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,8 +64,7 @@ def faithful_options(**overrides) -> PreprocessOptions:
     return dataclasses.replace(PreprocessOptions(**official), **overrides)
 
 
-def resample_indices(t_orig: int, clip_len: int, *, train: bool,
-                     rng: np.random.Generator | None = None) -> np.ndarray:
+def resample_indices(t_orig: int, clip_len: int, *, train: bool, rng: np.random.Generator | None = None) -> np.ndarray:
     """Frame indices [clip_len] into a clip of `t_orig` frames (docs/method.md §2 step 1).
 
     With e_k = k * t_orig / clip_len: test takes floor(e_k); train with t_orig < clip_len takes floor or ceil of e_k
@@ -93,8 +93,7 @@ def normalize_screen(xy: np.ndarray, img_shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(xy, dtype=np.float64) / max(h, w) * 2 - 1
 
 
-def add_gaussian_noise(xy: np.ndarray, sigma: float, rng: np.random.Generator, *,
-                       per_person: bool) -> np.ndarray:
+def add_gaussian_noise(xy: np.ndarray, sigma: float, rng: np.random.Generator, *, per_person: bool) -> np.ndarray:
     """xy [M, T, V, 2] + N(0, sigma^2) i.i.d. per frame, joint, coordinate, clipped to [-1, 1] (docs/method.md §8(a)).
 
     Args:
@@ -108,8 +107,7 @@ def add_gaussian_noise(xy: np.ndarray, sigma: float, rng: np.random.Generator, *
     return np.clip(xy + rng.normal(0.0, sigma, size=shape), -1.0, 1.0)
 
 
-def track_two_persons(xy: np.ndarray, conf: np.ndarray, *,
-                      swap_conf: bool) -> tuple[np.ndarray, np.ndarray]:
+def track_two_persons(xy: np.ndarray, conf: np.ndarray, *, swap_conf: bool) -> tuple[np.ndarray, np.ndarray]:
     """MotionBERT's `human_tracking` (docs/method.md §2 step 3) on xy [M, T, V, 2] and conf [M, T, V].
 
     d0_t = sum_j |p0_{t+1,j} - p0_{t,j}|, d1_t = sum_j |p0_{t+1,j} - p1_{t,j}|, both on the raw slots; persons are
@@ -147,10 +145,14 @@ def coco_conf_to_h36m(conf: np.ndarray) -> np.ndarray:
     return coco_to_h36m(conf[..., None])[..., 0]
 
 
-def random_move(x: np.ndarray, rng: np.random.Generator, *,
-                angle_range: tuple[float, float] = (-10.0, 10.0),
-                scale_range: tuple[float, float] = (0.9, 1.1),
-                translate_range: tuple[float, float] = (-0.1, 0.1)) -> np.ndarray:
+def random_move(
+    x: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    angle_range: tuple[float, float] = (-10.0, 10.0),
+    scale_range: tuple[float, float] = (0.9, 1.1),
+    translate_range: tuple[float, float] = (-0.1, 0.1),
+) -> np.ndarray:
     """Random rotation/scale/translation, interpolated linearly from first to last frame (docs/method.md §2 step 7).
 
     Acts on x, y of every person (the zero person included) of x [M, T, V, C>=2]; other channels are kept.
@@ -171,8 +173,7 @@ def random_move(x: np.ndarray, rng: np.random.Generator, *,
     return out
 
 
-def crop_scale(x: np.ndarray, ratio: float | tuple[float, float],
-               rng: np.random.Generator | None = None) -> np.ndarray:
+def crop_scale(x: np.ndarray, ratio: float | tuple[float, float], rng: np.random.Generator | None = None) -> np.ndarray:
     """Centre the clip's box of valid joints and scale its larger side to span 2 / ratio (docs/method.md §2 step 8).
 
     Args:
@@ -200,8 +201,7 @@ def crop_scale(x: np.ndarray, ratio: float | tuple[float, float],
     return np.clip(out, -1.0, 1.0)
 
 
-def select_two_persons(keypoint: np.ndarray,
-                       score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def select_two_persons(keypoint: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Keep the two persons with the highest summed score (docs/method.md §2.1, Kinetics proposal).
 
     Args:
@@ -219,10 +219,19 @@ def select_two_persons(keypoint: np.ndarray,
     return keypoint[kept], score[kept], kept
 
 
-def preprocess_clip(keypoint: np.ndarray, score: np.ndarray, img_shape: tuple[int, int], *, train: bool,
-                    opts: PreprocessOptions, rng: np.random.Generator | None, noise_sigma: float = 0.0,
-                    noise_per_person: bool = True, indices: np.ndarray | None = None,
-                    clip_name: str = "<clip>") -> np.ndarray:
+def preprocess_clip(
+    keypoint: np.ndarray,
+    score: np.ndarray,
+    img_shape: tuple[int, int],
+    *,
+    train: bool,
+    opts: PreprocessOptions,
+    rng: np.random.Generator | None,
+    noise_sigma: float = 0.0,
+    noise_per_person: bool = True,
+    indices: np.ndarray | None = None,
+    clip_name: str = "<clip>",
+) -> np.ndarray:
     """One raw clip -> model input, following docs/method.md §2 in order.
 
     Args:
@@ -240,8 +249,9 @@ def preprocess_clip(keypoint: np.ndarray, score: np.ndarray, img_shape: tuple[in
         float32 [2, clip_len, 17, 3], channels (x, y, conf).
     """
     if keypoint.ndim != 4 or keypoint.shape[2:] != (NUM_JOINTS, 2) or score.shape != keypoint.shape[:3]:
-        raise ValueError(f"{clip_name}: expected keypoint [M, T, 17, 2] and score [M, T, 17], "
-                         f"got {keypoint.shape} and {score.shape}")
+        raise ValueError(
+            f"{clip_name}: expected keypoint [M, T, 17, 2] and score [M, T, 17], got {keypoint.shape} and {score.shape}"
+        )
     m, t_orig = keypoint.shape[:2]
     if m == 0:
         raise ValueError(f"{clip_name}: no person in the clip, nothing to preprocess")
@@ -254,8 +264,9 @@ def preprocess_clip(keypoint: np.ndarray, score: np.ndarray, img_shape: tuple[in
     if indices is None:
         indices = resample_indices(t_orig, opts.clip_len, train=train, rng=rng)  # step 1, [T]
     elif indices.shape != (opts.clip_len,) or indices.min() < 0 or indices.max() >= t_orig:
-        raise ValueError(f"{clip_name}: indices must be [{opts.clip_len}] within [0, {t_orig}), "
-                         f"got shape {indices.shape}")
+        raise ValueError(
+            f"{clip_name}: indices must be [{opts.clip_len}] within [0, {t_orig}), got shape {indices.shape}"
+        )
 
     xy = normalize_screen(keypoint, img_shape)  # step 2, [M, T0, 17, 2]
     conf = np.asarray(score, dtype=np.float64)  # [M, T0, 17]

@@ -15,6 +15,7 @@ regenerates its numbers (`... --only <section>`, which rewrites only that sectio
 CSV), and the page embeds the report config and every run's config. Rendering (CSV, PNG, `report.html`) is in
 `recognition.report_page`; this module computes the sections.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,19 +35,72 @@ from recognition.data import split_frame_dirs
 from recognition.perturb import gaussian_noise
 from recognition.preprocess import normalize_screen
 from recognition.report_page import Section, csv_bytes, png_bytes, pyplot, render_html, write_if_changed
-from recognition.robustness import (DataContext, Perturbation, ResultCache, RunContext, attention_maps,
-                                    evaluate_many, label_names_for)  # fmt: skip
+from recognition.robustness import (
+    DataContext,
+    Perturbation,
+    ResultCache,
+    RunContext,
+    attention_maps,
+    evaluate_many,
+    label_names_for,
+)
 from recognition.train import pick_device
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("accuracy", "gaussian_noise", "spatial_noise", "shifted_joints", "masking", "deletion_insertion",
-            "confusion_pairs", "classwise_accuracy", "confusion_matrices", "tsne", "attention", "cross_estimator",
-            "pose_quality", "noisy_clip")  # fmt: skip
-H36M_JOINTS = ("root", "r_hip", "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle", "belly", "neck", "nose", "head",
-               "l_shoulder", "l_elbow", "l_wrist", "r_shoulder", "r_elbow", "r_wrist")  # fmt: skip
-COCO_EDGES = ((0, 1), (0, 2), (1, 3), (2, 4), (5, 6), (5, 7), (7, 9), (6, 8), (8, 10), (5, 11), (6, 12), (11, 12),
-              (11, 13), (13, 15), (12, 14), (14, 16))  # fmt: skip
+SECTIONS = (
+    "accuracy",
+    "gaussian_noise",
+    "spatial_noise",
+    "shifted_joints",
+    "masking",
+    "deletion_insertion",
+    "confusion_pairs",
+    "classwise_accuracy",
+    "confusion_matrices",
+    "tsne",
+    "attention",
+    "cross_estimator",
+    "pose_quality",
+    "noisy_clip",
+)
+H36M_JOINTS = (
+    "root",
+    "r_hip",
+    "r_knee",
+    "r_ankle",
+    "l_hip",
+    "l_knee",
+    "l_ankle",
+    "belly",
+    "neck",
+    "nose",
+    "head",
+    "l_shoulder",
+    "l_elbow",
+    "l_wrist",
+    "r_shoulder",
+    "r_elbow",
+    "r_wrist",
+)
+COCO_EDGES = (
+    (0, 1),
+    (0, 2),
+    (1, 3),
+    (2, 4),
+    (5, 6),
+    (5, 7),
+    (7, 9),
+    (6, 8),
+    (8, 10),
+    (5, 11),
+    (6, 12),
+    (11, 12),
+    (11, 13),
+    (13, 15),
+    (12, 14),
+    (14, 16),
+)
 assert len(COCO17_JOINTS) == 17
 
 
@@ -138,8 +192,9 @@ class Report:
         return shlex.join([*self.command, "--only", name])
 
     def eval(self, run: RunContext, items: list[tuple[Perturbation, int]], **kw) -> dict:
-        return evaluate_many(run, self.main, items, batch_size=self.cfg.batch_size,
-                             noise_per_person=self.cfg.noise_per_person, **kw)  # fmt: skip
+        return evaluate_many(
+            run, self.main, items, batch_size=self.cfg.batch_size, noise_per_person=self.cfg.noise_per_person, **kw
+        )
 
     def clean(self, run: RunContext) -> dict:
         return self.eval(run, [(Perturbation("clean"), 0)])[(Perturbation("clean"), 0)]
@@ -156,8 +211,11 @@ class Report:
             metrics[run.name] = {}
             for v in values:
                 accs = [_top1(res[(Perturbation(kind, v), s)]) for s in self.cfg.seeds]
-                metrics[run.name][f"{v:g}"] = {"top1_mean": float(np.mean(accs)), "top1_std": float(np.std(accs)),
-                                               "top1_per_seed": dict(zip(map(str, self.cfg.seeds), accs))}  # fmt: skip
+                metrics[run.name][f"{v:g}"] = {
+                    "top1_mean": float(np.mean(accs)),
+                    "top1_std": float(np.std(accs)),
+                    "top1_per_seed": dict(zip(map(str, self.cfg.seeds), accs)),
+                }
                 rows.append([run.name, f"{v:g}", np.mean(accs), np.std(accs), *accs])
         return rows, metrics
 
@@ -169,8 +227,7 @@ class Report:
             m = metrics[run.name]
             mean = np.array([m[f"{v:g}"]["top1_mean"] for v in xs])
             std = np.array([m[f"{v:g}"]["top1_std"] for v in xs])
-            ax.errorbar(pos, mean, yerr=std if len(self.cfg.seeds) > 1 else None, marker="o", capsize=3,
-                        label=run.name)  # fmt: skip
+            ax.errorbar(pos, mean, yerr=std if len(self.cfg.seeds) > 1 else None, marker="o", capsize=3, label=run.name)
         if categorical:
             ax.set_xticks(pos, [f"{v:g}" for v in xs])
         ax.set(xlabel=xlabel, ylabel="top-1 accuracy (%)", title=title, ylim=(0, 100))
@@ -191,18 +248,56 @@ class Report:
             res = self.clean(run)
             top5 = np.argsort(-res["logits"], axis=1)[:, :5]
             t5 = float(100.0 * np.mean((top5 == res["labels"][:, None]).any(1)))
-            metrics[run.name] = {"top1": _top1(res), "top5": t5, "n": int(len(res["labels"])),
-                                 "checkpoint": str(run.checkpoint), "sha256": run.digest,
-                                 "faithful": run.cfg.faithful, "noise": self.noise_mode(run)}  # fmt: skip
-            rows.append([run.name, str(run.checkpoint), run.digest[:12], run.cfg.faithful, self.noise_mode(run),
-                         self.main.split, len(res["labels"]), _top1(res), t5])  # fmt: skip
-        notes = [shlex.join(["python", "-m", "recognition", "evaluate", "--checkpoint", str(r.checkpoint), "--data",
-                             str(self.main.path), "--split", self.main.split, "--out", f"eval_{r.name}"])
-                 for r in self.runs]  # fmt: skip
-        return Section("accuracy", "Clean accuracy",
-                       "One deterministic clip per sample (docs/method.md §8). `evaluate` gives the same top-1:",
-                       ["run", "checkpoint", "sha256", "faithful", "Gaussian noise", "split", "n", "top1", "top5"],
-                       rows, metrics=metrics, notes=notes)  # fmt: skip
+            metrics[run.name] = {
+                "top1": _top1(res),
+                "top5": t5,
+                "n": int(len(res["labels"])),
+                "checkpoint": str(run.checkpoint),
+                "sha256": run.digest,
+                "faithful": run.cfg.faithful,
+                "noise": self.noise_mode(run),
+            }
+            rows.append(
+                [
+                    run.name,
+                    str(run.checkpoint),
+                    run.digest[:12],
+                    run.cfg.faithful,
+                    self.noise_mode(run),
+                    self.main.split,
+                    len(res["labels"]),
+                    _top1(res),
+                    t5,
+                ]
+            )
+        notes = [
+            shlex.join(
+                [
+                    "python",
+                    "-m",
+                    "recognition",
+                    "evaluate",
+                    "--checkpoint",
+                    str(r.checkpoint),
+                    "--data",
+                    str(self.main.path),
+                    "--split",
+                    self.main.split,
+                    "--out",
+                    f"eval_{r.name}",
+                ]
+            )
+            for r in self.runs
+        ]
+        return Section(
+            "accuracy",
+            "Clean accuracy",
+            "One deterministic clip per sample (docs/method.md §8). `evaluate` gives the same top-1:",
+            ["run", "checkpoint", "sha256", "faithful", "Gaussian noise", "split", "n", "top1", "top5"],
+            rows,
+            metrics=metrics,
+            notes=notes,
+        )
 
     def _gaussian_noise(self) -> Section:
         xs = sorted(set(self.cfg.sigmas))
@@ -211,37 +306,71 @@ class Report:
         for run in self.runs:
             if run.cfg.seed in self.cfg.seeds and self.cfg.noise_per_person in (None, run.cfg.noise_per_person):
                 sig = self.cfg.failure_sigma if self.cfg.failure_sigma in xs else xs[-1]
-                notes.append(f"{run.name}, seed {run.cfg.seed} (the run's seed), any σ, e.g. {sig:g}: " + shlex.join(
-                    ["python", "-m", "recognition", "evaluate", "--checkpoint", str(run.checkpoint), "--data",
-                     str(self.main.path), "--split", self.main.split, "--out", f"eval_{run.name}_sigma{sig:g}",
-                     "--noise-sigma", f"{sig:g}"]))  # fmt: skip
-        text = ("Gaussian noise N(0, σ²) on every joint and frame in screen-normalised space, before tracking, "
-                "resampling and crop_scale (docs/method.md §8 a). Noise mode per run: "
-                + "; ".join(f"{r.name}: {self.noise_mode(r)}" for r in self.runs) + ".")  # fmt: skip
-        return Section("gaussian_noise", "Accuracy vs Gaussian noise σ", text,
-                       ["run", "sigma", "top1_mean", "top1_std", *[f"top1_seed{s}" for s in self.cfg.seeds]], rows,
-                       self.curve_figure(xs, metrics, xlabel="σ", title="Gaussian noise", categorical=True),
-                       metrics, notes)  # fmt: skip
+                notes.append(
+                    f"{run.name}, seed {run.cfg.seed} (the run's seed), any σ, e.g. {sig:g}: "
+                    + shlex.join(
+                        [
+                            "python",
+                            "-m",
+                            "recognition",
+                            "evaluate",
+                            "--checkpoint",
+                            str(run.checkpoint),
+                            "--data",
+                            str(self.main.path),
+                            "--split",
+                            self.main.split,
+                            "--out",
+                            f"eval_{run.name}_sigma{sig:g}",
+                            "--noise-sigma",
+                            f"{sig:g}",
+                        ]
+                    )
+                )
+        text = (
+            "Gaussian noise N(0, σ²) on every joint and frame in screen-normalised space, before tracking, "
+            "resampling and crop_scale (docs/method.md §8 a). Noise mode per run: "
+            + "; ".join(f"{r.name}: {self.noise_mode(r)}" for r in self.runs)
+            + "."
+        )
+        return Section(
+            "gaussian_noise",
+            "Accuracy vs Gaussian noise σ",
+            text,
+            ["run", "sigma", "top1_mean", "top1_std", *[f"top1_seed{s}" for s in self.cfg.seeds]],
+            rows,
+            self.curve_figure(xs, metrics, xlabel="σ", title="Gaussian noise", categorical=True),
+            metrics,
+            notes,
+        )
 
     def _spatial_noise(self) -> Section:
         xs = sorted(set(self.cfg.spatial_sigmas))
         rows, metrics = self.seeded_sweep("spatial", xs)
-        return Section("spatial_noise", "Accuracy vs spatial-only noise σ",
-                       "One offset N(0, σ²) per person and joint, the same in every frame, added where the Gaussian "
-                       "noise is (docs/method.md §8 b).",
-                       ["run", "sigma", "top1_mean", "top1_std", *[f"top1_seed{s}" for s in self.cfg.seeds]], rows,
-                       self.curve_figure(xs, metrics, xlabel="σ", title="Spatial-only noise", categorical=True),
-                       metrics)  # fmt: skip
+        return Section(
+            "spatial_noise",
+            "Accuracy vs spatial-only noise σ",
+            "One offset N(0, σ²) per person and joint, the same in every frame, added where the Gaussian "
+            "noise is (docs/method.md §8 b).",
+            ["run", "sigma", "top1_mean", "top1_std", *[f"top1_seed{s}" for s in self.cfg.seeds]],
+            rows,
+            self.curve_figure(xs, metrics, xlabel="σ", title="Spatial-only noise", categorical=True),
+            metrics,
+        )
 
     def _shifted_joints(self) -> Section:
         xs = sorted({0, *self.cfg.shift_ks})
         rows, metrics = self.seeded_sweep("shift", xs)
-        return Section("shifted_joints", "Accuracy vs shifted joints k",
-                       "k random joints per clip moved, in every frame, to a uniform random point of that frame's "
-                       "skeleton bounding box, in model-input space after crop_scale; confidences kept (docs/method.md §8 c).",
-                       ["run", "k", "top1_mean", "top1_std", *[f"top1_seed{s}" for s in self.cfg.seeds]], rows,
-                       self.curve_figure(xs, metrics, xlabel="shifted joints k", title="Shifted joints",
-                                         categorical=False), metrics)  # fmt: skip
+        return Section(
+            "shifted_joints",
+            "Accuracy vs shifted joints k",
+            "k random joints per clip moved, in every frame, to a uniform random point of that frame's "
+            "skeleton bounding box, in model-input space after crop_scale; confidences kept (docs/method.md §8 c).",
+            ["run", "k", "top1_mean", "top1_std", *[f"top1_seed{s}" for s in self.cfg.seeds]],
+            rows,
+            self.curve_figure(xs, metrics, xlabel="shifted joints k", title="Shifted joints", categorical=False),
+            metrics,
+        )
 
     def _masking(self) -> Section:
         ks, seeds = list(self.cfg.mask_ks), self.cfg.seeds
@@ -260,8 +389,10 @@ class Report:
                 t = res[(Perturbation("mask_targeted", k), 0)]
                 rnd = [res[(Perturbation("mask_random", k), s)] for s in seeds]
                 m["targeted"][str(k)] = {"top1": _top1(t), "prob": _prob_of(t, pred)}
-                m["random"][str(k)] = {"top1": float(np.mean([_top1(r) for r in rnd])),
-                                       "prob": float(np.mean([_prob_of(r, pred) for r in rnd]))}  # fmt: skip
+                m["random"][str(k)] = {
+                    "top1": float(np.mean([_top1(r) for r in rnd])),
+                    "prob": float(np.mean([_prob_of(r, pred) for r in rnd])),
+                }
             for method in ("targeted", "random"):
                 curve = m[method]
                 for k in ks:
@@ -271,24 +402,38 @@ class Report:
                 rows.append([run.name, method, "AUC", auc["top1"], auc["prob"]])
                 style = "-" if method == "targeted" else ":"
                 for ax, q in zip(axes, ("top1", "prob")):
-                    ax.plot(ks, [curve[str(k)][q] for k in ks], style, marker="o", ms=3,
-                            color=colors[ri % len(colors)], label=f"{run.name} {method}")  # fmt: skip
+                    ax.plot(
+                        ks,
+                        [curve[str(k)][q] for k in ks],
+                        style,
+                        marker="o",
+                        ms=3,
+                        color=colors[ri % len(colors)],
+                        label=f"{run.name} {method}",
+                    )
         axes[0].set(xlabel="masked joints per frame k", ylabel="top-1 accuracy (%)", ylim=(0, 100))
         axes[1].set(xlabel="masked joints per frame k", ylabel="p(clean prediction)", ylim=(0, 1))
         for ax in axes:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-        return Section("masking", "Targeted vs random masking",
-                       "Zero (x, y, conf) of the k joints per frame that receive the most last-layer attention in the "
-                       "clean pass (targeted) or of k random joints (random, mean over seeds), in model-input space "
-                       "(docs/method.md §8 d). `prob` is the mean softmax probability of the clean-predicted class; the rows "
-                       "k = AUC give the normalised area under each curve over k (RISE formula, trapezoid).",
-                       ["run", "method", "k", "top1", "prob"], rows, png_bytes(fig), metrics)  # fmt: skip
+        return Section(
+            "masking",
+            "Targeted vs random masking",
+            "Zero (x, y, conf) of the k joints per frame that receive the most last-layer attention in the "
+            "clean pass (targeted) or of k random joints (random, mean over seeds), in model-input space "
+            "(docs/method.md §8 d). `prob` is the mean softmax probability of the clean-predicted class; the rows "
+            "k = AUC give the normalised area under each curve over k (RISE formula, trapezoid).",
+            ["run", "method", "k", "top1", "prob"],
+            rows,
+            png_bytes(fig),
+            metrics,
+        )
 
     def _deletion_insertion(self) -> Section:
         steps, cfg = self.cfg.rise_steps, self.cfg
-        sources: list[int | str] = list(dict.fromkeys(cfg.saliency_layers)) + (["random"] if cfg.rise_random_baseline
-                                                                                 else [])  # fmt: skip
+        sources: list[int | str] = list(dict.fromkeys(cfg.saliency_layers)) + (
+            ["random"] if cfg.rise_random_baseline else []
+        )
         clips = split_frame_dirs(self.main.index, self.main.split)
         if 0 < cfg.rise_clips < len(clips):
             pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(clips))[: cfg.rise_clips])
@@ -299,36 +444,53 @@ class Report:
         frac = np.linspace(0, 1, steps + 1)
         colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
         for ri, run in enumerate(self.runs):
-            items = [(Perturbation(kind, layer=src, steps=steps), 0) for src in sources
-                     for kind in ("deletion", "insertion")]  # fmt: skip
+            items = [
+                (Perturbation(kind, layer=src, steps=steps), 0) for src in sources for kind in ("deletion", "insertion")
+            ]
             res = self.eval(run, items, frame_dirs=clips)
             metrics[run.name] = {}
             for si, src in enumerate(sources):
-                label = "random order" if src == "random" else "attention, last layer" if src == -1 else \
-                    f"attention, layer {src}"
+                label = (
+                    "random order"
+                    if src == "random"
+                    else "attention, last layer"
+                    if src == -1
+                    else f"attention, layer {src}"
+                )
                 dele = res[(Perturbation("deletion", layer=src, steps=steps), 0)]["curve"].mean(0)
                 ins = res[(Perturbation("insertion", layer=src, steps=steps), 0)]["curve"].mean(0)
-                auc = {"deletion_auc": dg.rise_auc(dele), "insertion_auc": dg.rise_auc(ins),
-                       "deletion_curve": dele.tolist(), "insertion_curve": ins.tolist()}  # fmt: skip
+                auc = {
+                    "deletion_auc": dg.rise_auc(dele),
+                    "insertion_auc": dg.rise_auc(ins),
+                    "deletion_curve": dele.tolist(),
+                    "insertion_curve": ins.tolist(),
+                }
                 metrics[run.name][str(src)] = auc
                 rows.append([run.name, label, auc["deletion_auc"], auc["insertion_auc"]])
                 style = ("-", "--", "-.", ":")[si % 4] if src != "random" else ":"
                 for ax, curve in zip(axes, (dele, ins)):
                     ax.plot(frac, curve, style, color=colors[ri % len(colors)], label=f"{run.name}, {label}")
-        axes[0].set(title="deletion (lower is better)", xlabel="fraction of tokens zeroed",
-                    ylabel="p(clean prediction)")
+        axes[0].set(
+            title="deletion (lower is better)", xlabel="fraction of tokens zeroed", ylabel="p(clean prediction)"
+        )
         axes[1].set(title="insertion from zeros (higher is better)", xlabel="fraction of tokens inserted")
         for ax in axes:
             ax.set_ylim(0, 1)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-        return Section("deletion_insertion", "RISE deletion and insertion with attention saliency",
-                       f"Units are the (person, frame, joint) tokens, ordered by the attention they receive in the "
-                       f"clean pass; {steps} steps over {len(clips)} clips; deletion replaces tokens by zeros, "
-                       f"insertion starts from the all-zero input. Score: softmax probability of the "
-                       f"clean-predicted class. "
-                       f"AUC = (Σ s_i − s_0/2 − s_n/2) / n (docs/method.md §8 e).",
-                       ["run", "saliency", "deletion_auc", "insertion_auc"], rows, png_bytes(fig), metrics)  # fmt: skip
+        return Section(
+            "deletion_insertion",
+            "RISE deletion and insertion with attention saliency",
+            f"Units are the (person, frame, joint) tokens, ordered by the attention they receive in the "
+            f"clean pass; {steps} steps over {len(clips)} clips; deletion replaces tokens by zeros, "
+            f"insertion starts from the all-zero input. Score: softmax probability of the "
+            f"clean-predicted class. "
+            f"AUC = (Σ s_i − s_0/2 − s_n/2) / n (docs/method.md §8 e).",
+            ["run", "saliency", "deletion_auc", "insertion_auc"],
+            rows,
+            png_bytes(fig),
+            metrics,
+        )
 
     def _conditions(self) -> dict[str, dict[str, dict]]:
         """{condition: {run: result}} for the clean and the noisy failure analysis (first seed)."""
@@ -337,13 +499,16 @@ class Report:
         for run in self.runs:
             out["clean"][run.name] = self.clean(run)
             out[f"sigma={sig:g}"][run.name] = self.eval(run, [(Perturbation("gaussian", sig), seed)])[
-                (Perturbation("gaussian", sig), seed)]  # fmt: skip
+                (Perturbation("gaussian", sig), seed)
+            ]
         return out
 
     def _confusions(self) -> dict[str, dict[str, np.ndarray]]:
         c = len(self.label_names)
-        return {cond: {name: dg.confusion_matrix(r["labels"], r["logits"].argmax(1), c) for name, r in runs.items()}
-                for cond, runs in self._conditions().items()}  # fmt: skip
+        return {
+            cond: {name: dg.confusion_matrix(r["labels"], r["logits"].argmax(1), c) for name, r in runs.items()}
+            for cond, runs in self._conditions().items()
+        }
 
     def _confusion_pairs(self) -> Section:
         names, a = self.label_names, self.runs[0].name
@@ -354,21 +519,28 @@ class Report:
             for rank, (i, j, _) in enumerate(pairs, 1):
                 scores = [int(dg.confusion_scores(confs[r.name])[i, j]) for r in self.runs]
                 rows.append([cond, rank, names[i], names[j], *scores])
-                metrics[cond]["pairs"].append({"i": names[i], "j": names[j],
-                                               "S": dict(zip([r.name for r in self.runs], scores))})  # fmt: skip
+                metrics[cond]["pairs"].append(
+                    {"i": names[i], "j": names[j], "S": dict(zip([r.name for r in self.runs], scores))}
+                )
             shares = [dg.failure_share(confs[r.name], pairs) for r in self.runs]
-            own = [dg.failure_share(confs[r.name], dg.top_confused_pairs(confs[r.name], self.cfg.top_pairs))
-                   for r in self.runs]  # fmt: skip
+            own = [
+                dg.failure_share(confs[r.name], dg.top_confused_pairs(confs[r.name], self.cfg.top_pairs))
+                for r in self.runs
+            ]
             rows.append([cond, "share of failures in these pairs (%)", "", "", *shares])
             rows.append([cond, f"share in the run's own top-{self.cfg.top_pairs} (%)", "", "", *own])
             metrics[cond]["failure_share_pct"] = dict(zip([r.name for r in self.runs], shares))
             metrics[cond]["own_top_share_pct"] = dict(zip([r.name for r in self.runs], own))
-        return Section("confusion_pairs", f"Most confused class pairs (top {self.cfg.top_pairs} of {a})",
-                       f"Confusion score S_ij = n_ij + n_ji (docs/method.md §8 f), pairs ranked for {a}, the same pairs' "
-                       f"scores for every run (the seed's Table 4), clean and at Gaussian σ = "
-                       f"{self.cfg.failure_sigma:g} (seed {self.cfg.seeds[0]}).",
-                       ["condition", "rank", "class_i", "class_j", *[f"S_{r.name}" for r in self.runs]], rows,
-                       metrics=metrics)  # fmt: skip
+        return Section(
+            "confusion_pairs",
+            f"Most confused class pairs (top {self.cfg.top_pairs} of {a})",
+            f"Confusion score S_ij = n_ij + n_ji (docs/method.md §8 f), pairs ranked for {a}, the same pairs' "
+            f"scores for every run (the seed's Table 4), clean and at Gaussian σ = "
+            f"{self.cfg.failure_sigma:g} (seed {self.cfg.seeds[0]}).",
+            ["condition", "rank", "class_i", "class_j", *[f"S_{r.name}" for r in self.runs]],
+            rows,
+            metrics=metrics,
+        )
 
     def _classwise_accuracy(self) -> Section:
         a = self.runs[0].name
@@ -383,16 +555,27 @@ class Report:
                 header.append(f"{r.name} - {a} {cond}")
                 cols.append(accs[r.name] - accs[a])
         rows = [[n, *[float(c[i]) for c in cols]] for i, n in enumerate(self.label_names)]
-        return Section("classwise_accuracy", "Class-wise accuracy",
-                       f"n_ii / n_i per class (docs/method.md §8 g), clean and at σ = {self.cfg.failure_sigma:g}; "
-                       f"differences are against {a}.", header, rows, metrics=metrics)  # fmt: skip
+        return Section(
+            "classwise_accuracy",
+            "Class-wise accuracy",
+            f"n_ii / n_i per class (docs/method.md §8 g), clean and at σ = {self.cfg.failure_sigma:g}; "
+            f"differences are against {a}.",
+            header,
+            rows,
+            metrics=metrics,
+        )
 
     def _confusion_matrices(self) -> Section:
         confs = self._confusions()
         plt = pyplot()
         c = len(self.label_names)
-        fig, axes = plt.subplots(len(confs), len(self.runs), figsize=(4.4 * len(self.runs), 4.4 * len(confs)),
-                                 squeeze=False, layout="constrained")  # fmt: skip
+        fig, axes = plt.subplots(
+            len(confs),
+            len(self.runs),
+            figsize=(4.4 * len(self.runs), 4.4 * len(confs)),
+            squeeze=False,
+            layout="constrained",
+        )
         for ri, (cond, per_run) in enumerate(confs.items()):
             for ci, run in enumerate(self.runs):
                 conf = per_run[run.name]
@@ -405,8 +588,13 @@ class Report:
                     ax.set_yticks(range(c), self.label_names, fontsize=6)
                 ax.set(xlabel="predicted", ylabel="true")
         metrics = {cond: {name: conf.tolist() for name, conf in per.items()} for cond, per in confs.items()}
-        return Section("confusion_matrices", "Confusion matrices",
-                       "Rows = true class, normalised per row.", figure=png_bytes(fig), metrics=metrics)  # fmt: skip
+        return Section(
+            "confusion_matrices",
+            "Confusion matrices",
+            "Rows = true class, normalised per row.",
+            figure=png_bytes(fig),
+            metrics=metrics,
+        )
 
     def _tsne(self) -> Section:
         plt = pyplot()
@@ -416,28 +604,43 @@ class Report:
             clean = self.clean(run)
             n = len(clean["labels"])
             pick = np.sort(np.random.default_rng(self.cfg.seed).permutation(n)[: self.cfg.tsne_points])
-            key = {"tsne_of": run.digest, "data": self.main.digest, "clips": clean["frame_dir"][pick].tolist(),
-                   "perplexity": self.cfg.tsne_perplexity, "seed": self.cfg.seed,
-                   "features": _hash_array(clean["features"])}  # fmt: skip
+            key = {
+                "tsne_of": run.digest,
+                "data": self.main.digest,
+                "clips": clean["frame_dir"][pick].tolist(),
+                "perplexity": self.cfg.tsne_perplexity,
+                "seed": self.cfg.seed,
+                "features": _hash_array(clean["features"]),
+            }
             emb = run.cache.get(key)
             if emb is None:
-                emb = {"xy": dg.tsne_embedding(clean["features"][pick], perplexity=self.cfg.tsne_perplexity,
-                                               seed=self.cfg.seed)}  # fmt: skip
+                emb = {
+                    "xy": dg.tsne_embedding(
+                        clean["features"][pick], perplexity=self.cfg.tsne_perplexity, seed=self.cfg.seed
+                    )
+                }
                 run.cache.put(key, emb)
-            sc = ax.scatter(*emb["xy"].T, c=clean["labels"][pick], cmap="tab20", s=8,
-                            vmin=0, vmax=max(len(self.label_names) - 1, 1))  # fmt: skip
+            sc = ax.scatter(
+                *emb["xy"].T, c=clean["labels"][pick], cmap="tab20", s=8, vmin=0, vmax=max(len(self.label_names) - 1, 1)
+            )
             ax.set_title(f"{run.name} ({len(pick)} clips)", fontsize=9)
             ax.set_xticks([]), ax.set_yticks([])
             metrics[run.name] = {"points": int(len(pick))}
         if len(self.label_names) <= 20:
-            handles = [plt.Line2D([], [], marker="o", ls="", color=sc.cmap(sc.norm(i)), label=n)
-                       for i, n in enumerate(self.label_names)]  # fmt: skip
+            handles = [
+                plt.Line2D([], [], marker="o", ls="", color=sc.cmap(sc.norm(i)), label=n)
+                for i, n in enumerate(self.label_names)
+            ]
             fig.legend(handles=handles, loc="center right", fontsize=7, frameon=False)
             fig.subplots_adjust(right=0.85)
-        return Section("tsne", "t-SNE of the hidden features",
-                       f"scikit-learn t-SNE (perplexity {self.cfg.tsne_perplexity:g}, PCA init, seed {self.cfg.seed}) "
-                       f"of the head's hidden feature h on clean clips, coloured by true class.",
-                       figure=png_bytes(fig), metrics=metrics)  # fmt: skip
+        return Section(
+            "tsne",
+            "t-SNE of the hidden features",
+            f"scikit-learn t-SNE (perplexity {self.cfg.tsne_perplexity:g}, PCA init, seed {self.cfg.seed}) "
+            f"of the head's hidden feature h on clean clips, coloured by true class.",
+            figure=png_bytes(fig),
+            metrics=metrics,
+        )
 
     def _pick_attention_clips(self) -> list[str]:
         if self.cfg.attention_clips:
@@ -452,8 +655,13 @@ class Report:
     def _attention(self) -> Section:
         clips = self._pick_attention_clips()
         plt = pyplot()
-        fig, axes = plt.subplots(len(clips), len(self.runs), figsize=(5.8 * len(self.runs), 3.4 * len(clips)),
-                                 squeeze=False, layout="constrained")  # fmt: skip
+        fig, axes = plt.subplots(
+            len(clips),
+            len(self.runs),
+            figsize=(5.8 * len(self.runs), 3.4 * len(clips)),
+            squeeze=False,
+            layout="constrained",
+        )
         metrics = {}
         for ci, run in enumerate(self.runs):
             maps = attention_maps(run, self.main, clips)
@@ -464,20 +672,31 @@ class Report:
                 im = ax.imshow(act, aspect="auto", cmap="viridis", interpolation="nearest")
                 fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
                 ax.set_yticks(range(len(H36M_JOINTS)), H36M_JOINTS, fontsize=6)
-                ax.set_title(f"{run.name}: {clip}\ntrue {self.label_names[true]}, predicted {self.label_names[pred]}",
-                             fontsize=8)  # fmt: skip
+                ax.set_title(
+                    f"{run.name}: {clip}\ntrue {self.label_names[true]}, predicted {self.label_names[pred]}", fontsize=8
+                )
                 ax.set_xlabel("frame")
-                metrics.setdefault(clip, {})[run.name] = {"true": self.label_names[true],
-                                                          "predicted": self.label_names[pred]}  # fmt: skip
-        return Section("attention", "Attention over time",
-                       "Attention each joint receives in the last layer's spatial attention (heads averaged, summed "
-                       "over queries, docs/method.md §5.1), person 0, clean input; joints × frames, runs side by side (the "
-                       "seed's Figure 9). Clips: " + ", ".join(clips) + ".", figure=png_bytes(fig), metrics=metrics)
+                metrics.setdefault(clip, {})[run.name] = {
+                    "true": self.label_names[true],
+                    "predicted": self.label_names[pred],
+                }
+        return Section(
+            "attention",
+            "Attention over time",
+            "Attention each joint receives in the last layer's spatial attention (heads averaged, summed "
+            "over queries, docs/method.md §5.1), person 0, clean input; joints × frames, runs side by side (the "
+            "seed's Figure 9). Clips: " + ", ".join(clips) + ".",
+            figure=png_bytes(fig),
+            metrics=metrics,
+        )
 
     def _cross_estimator(self) -> Section:
         if len(self.data) < 2:
-            return Section("cross_estimator", "Cross-estimator accuracy",
-                           "Needs two or more --data indexes of the same clips (one per pose estimator).")
+            return Section(
+                "cross_estimator",
+                "Cross-estimator accuracy",
+                "Needs two or more --data indexes of the same clips (one per pose estimator).",
+            )
         common = set.intersection(*(set(split_frame_dirs(d.index, d.split)) for d in self.data))
         clips = [n for n in split_frame_dirs(self.main.index, self.main.split) if n in common]
         if not clips:
@@ -486,16 +705,21 @@ class Report:
         for run in self.runs:
             accs = []
             for d in self.data:
-                res = evaluate_many(run, d, [(Perturbation("clean"), 0)], frame_dirs=clips,
-                                    batch_size=self.cfg.batch_size)[(Perturbation("clean"), 0)]  # fmt: skip
+                res = evaluate_many(
+                    run, d, [(Perturbation("clean"), 0)], frame_dirs=clips, batch_size=self.cfg.batch_size
+                )[(Perturbation("clean"), 0)]
                 accs.append(_top1(res))
             metrics[run.name] = dict(zip([d.name for d in self.data], accs))
             rows.append([run.name, *accs])
-        return Section("cross_estimator", "Cross-estimator accuracy (train on X, test on Y)",
-                       f"Clean top-1 of each run (rows; trained on its own poses) on each index's poses (columns), "
-                       f"over the {len(clips)} clips of {self.main.split} that every index holds.",
-                       ["run", *[f"{d.name} ({_estimator(d.index)})" for d in self.data]], rows,
-                       metrics=metrics)  # fmt: skip
+        return Section(
+            "cross_estimator",
+            "Cross-estimator accuracy (train on X, test on Y)",
+            f"Clean top-1 of each run (rows; trained on its own poses) on each index's poses (columns), "
+            f"over the {len(clips)} clips of {self.main.split} that every index holds.",
+            ["run", *[f"{d.name} ({_estimator(d.index)})" for d in self.data]],
+            rows,
+            metrics=metrics,
+        )
 
     def _pose_quality(self) -> Section:
         rows, metrics = [], {}
@@ -503,15 +727,38 @@ class Report:
             for split in sorted(d.index["split"]):
                 q = dg.pose_quality(d.index, split_frame_dirs(d.index, split))
                 metrics.setdefault(d.name, {})[split] = q
-                rows.append([d.name, _estimator(d.index), split, q["clips"], q["person_frames"],
-                             q["missing_keypoints_pct"], q["missing_persons_pct"], q["unknown_expected"]])  # fmt: skip
-        return Section("pose_quality", "Pose quality (the seed's Table 3)",
-                       "Missing keypoints: joints with score 0 among detected persons (a person is detected in a "
-                       "frame when any joint has a score > 0). Missing persons: Σ max(expected − detected, 0) over "
-                       "frames against the expected count (NTU: 2 for the mutual actions, 1 otherwise; other "
-                       "datasets: the index's metadata).",
-                       ["data", "estimator", "split", "clips", "person_frames", "missing_keypoints_pct",
-                        "missing_persons_pct", "clips_without_expected_count"], rows, metrics=metrics)  # fmt: skip
+                rows.append(
+                    [
+                        d.name,
+                        _estimator(d.index),
+                        split,
+                        q["clips"],
+                        q["person_frames"],
+                        q["missing_keypoints_pct"],
+                        q["missing_persons_pct"],
+                        q["unknown_expected"],
+                    ]
+                )
+        return Section(
+            "pose_quality",
+            "Pose quality (the seed's Table 3)",
+            "Missing keypoints: joints with score 0 among detected persons (a person is detected in a "
+            "frame when any joint has a score > 0). Missing persons: Σ max(expected − detected, 0) over "
+            "frames against the expected count (NTU: 2 for the mutual actions, 1 otherwise; other "
+            "datasets: the index's metadata).",
+            [
+                "data",
+                "estimator",
+                "split",
+                "clips",
+                "person_frames",
+                "missing_keypoints_pct",
+                "missing_persons_pct",
+                "clips_without_expected_count",
+            ],
+            rows,
+            metrics=metrics,
+        )
 
     def _noisy_clip(self) -> Section:
         index = self.main.index
@@ -536,12 +783,21 @@ class Report:
                     for a, b in COCO_EDGES:
                         if score[m, t, a] > 0 and score[m, t, b] > 0:
                             ax.plot(arr[m, t, [a, b], 0], arr[m, t, [a, b], 1], color=color, lw=lw)
-            ax.set(xlim=(lo[0] - pad, hi[0] + pad), ylim=(hi[1] + pad, lo[1] - pad), aspect="equal",
-                   title=f"σ = {sig:g}: clean (black) vs noisy (red)")  # fmt: skip
+            ax.set(
+                xlim=(lo[0] - pad, hi[0] + pad),
+                ylim=(hi[1] + pad, lo[1] - pad),
+                aspect="equal",
+                title=f"σ = {sig:g}: clean (black) vs noisy (red)",
+            )
             ax.tick_params(labelsize=7)
-        return Section("noisy_clip", "One clip clean vs noisy (the seed's Figure 2)",
-                       f"{name}, frame {t}, screen-normalised coordinates; Gaussian noise as in the σ sweep "
-                       f"(seed {self.cfg.seeds[0]}).", figure=png_bytes(fig), metrics={"clip": name, "frame": int(t)})
+        return Section(
+            "noisy_clip",
+            "One clip clean vs noisy (the seed's Figure 2)",
+            f"{name}, frame {t}, screen-normalised coordinates; Gaussian noise as in the σ sweep "
+            f"(seed {self.cfg.seeds[0]}).",
+            figure=png_bytes(fig),
+            metrics={"clip": name, "frame": int(t)},
+        )
 
 
 def _hash_array(a: np.ndarray) -> str:
@@ -554,9 +810,17 @@ def _estimator(index: dict) -> str:
     return str(est.get("name")) if isinstance(est, dict) and est.get("name") else "unknown"
 
 
-def run_report(*, runs: list[str | Path], data: list[str | Path], out: str | Path, cfg: ReportConfig,
-               command: list[str], split: str | None = None, device: str = "auto",
-               only: list[str] | None = None) -> dict:  # fmt: skip
+def run_report(
+    *,
+    runs: list[str | Path],
+    data: list[str | Path],
+    out: str | Path,
+    cfg: ReportConfig,
+    command: list[str],
+    split: str | None = None,
+    device: str = "auto",
+    only: list[str] | None = None,
+) -> dict:
     """Build the report (or only the named sections) and write its files; returns the metrics.
 
     Args:
@@ -584,8 +848,9 @@ def run_report(*, runs: list[str | Path], data: list[str | Path], out: str | Pat
     if split is None:
         fams = {c.split for c in contexts}
         if len(fams) != 1 or None in fams:
-            raise ValueError(f"the runs were trained on different or unknown splits {sorted(map(str, fams))}; "
-                             f"pass --split")  # fmt: skip
+            raise ValueError(
+                f"the runs were trained on different or unknown splits {sorted(map(str, fams))}; pass --split"
+            )
         split = f"{fams.pop()}_val"
     datas = [DataContext(d, split=split, cache=cache) for d in data]
     report = Report(runs=contexts, data=datas, cfg=cfg, command=command)
@@ -601,8 +866,12 @@ def run_report(*, runs: list[str | Path], data: list[str | Path], out: str | Pat
                 print(data_bytes.decode(), end="")
         if s.figure is not None and write_if_changed(out / f"{s.name}.png", s.figure):
             written.append(f"{s.name}.png")
-    metrics = {"sections": {s.name: s.metrics for s in sections}, "split": split,
-               "runs": [r.name for r in contexts], "data": [str(d) for d in data]}  # fmt: skip
+    metrics = {
+        "sections": {s.name: s.metrics for s in sections},
+        "split": split,
+        "runs": [r.name for r in contexts],
+        "data": [str(d) for d in data],
+    }
     if not only:
         cfg_yaml = dump_yaml(to_dict(cfg))
         metrics["config"] = to_dict(cfg)
@@ -611,6 +880,11 @@ def run_report(*, runs: list[str | Path], data: list[str | Path], out: str | Pat
             written.append("metrics.json")
         if write_if_changed(out / "report.html", render_html(report, sections, cfg_yaml).encode()):
             written.append("report.html")
-    log.info("report %s: %d evaluations cached, %d computed; files changed: %s", out, cache.hits, cache.misses,
-             ", ".join(written) or "none")  # fmt: skip
+    log.info(
+        "report %s: %d evaluations cached, %d computed; files changed: %s",
+        out,
+        cache.hits,
+        cache.misses,
+        ", ".join(written) or "none",
+    )
     return metrics

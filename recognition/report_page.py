@@ -9,9 +9,10 @@ import csv
 import html
 import io
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -109,26 +110,29 @@ _SCRIPT = """window.addEventListener("load", function () {
 def render_html(report: ReportView, sections: list[Section], cfg_yaml: str) -> str:
     """The self-contained page: tables, base64 figures, commands and configs."""
     e = html.escape
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Robustness report</title>"
-             f"<style>{_CSS}</style><script>{_SCRIPT}</script></head><body>",
-             "<h1>Robustness report</h1>",
-             f"<p>Runs: {e(', '.join(r.name for r in report.runs))}. Data: "
-             f"{e(', '.join(str(d.path) for d in report.data))} (sweeps on {e(str(report.main.path))}, split "
-             f"{e(report.main.split)}). Device: {e(report.runs[0].device.type)}.</p>",
-             f"<p>Produced by:</p><pre>{e(shlex.join(report.command))}</pre>",
-             f"<details><summary>report config (resolved)</summary><pre>{e(cfg_yaml)}</pre></details>"]  # fmt: skip
+    parts = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Robustness report</title>"
+        f"<style>{_CSS}</style><script>{_SCRIPT}</script></head><body>",
+        "<h1>Robustness report</h1>",
+        f"<p>Runs: {e(', '.join(r.name for r in report.runs))}. Data: "
+        f"{e(', '.join(str(d.path) for d in report.data))} (sweeps on {e(str(report.main.path))}, split "
+        f"{e(report.main.split)}). Device: {e(report.runs[0].device.type)}.</p>",
+        f"<p>Produced by:</p><pre>{e(shlex.join(report.command))}</pre>",
+        f"<details><summary>report config (resolved)</summary><pre>{e(cfg_yaml)}</pre></details>",
+    ]
     for run in report.runs:
         run_yaml = dump_yaml(run.run_config) if run.run_config else "(official checkpoint: no run config)"
-        parts.append(f"<details><summary>run {e(run.name)}: {e(str(run.checkpoint))} (sha256 {run.digest[:12]}, "
-                     f"faithful={run.cfg.faithful})</summary><pre>{e(run_yaml)}</pre></details>")  # fmt: skip
+        parts.append(
+            f"<details><summary>run {e(run.name)}: {e(str(run.checkpoint))} (sha256 {run.digest[:12]}, "
+            f"faithful={run.cfg.faithful})</summary><pre>{e(run_yaml)}</pre></details>"
+        )
     parts.append("<ul>" + "".join(f"<li><a href='#{s.name}'>{e(s.title)}</a></li>" for s in sections) + "</ul>")
     for s in sections:
         parts.append(f"<section id='{s.name}'><h2>{e(s.title)}</h2><p>{e(s.text)}</p>")
         if s.rows is not None:
             parts.append(html_table(s) + f"<p>CSV: <code>{s.name}.csv</code></p>")
         if s.figure is not None:
-            parts.append(f"<img alt='{e(s.title)}' src='data:image/png;base64,"
-                         f"{base64.b64encode(s.figure).decode()}'>")  # fmt: skip
+            parts.append(f"<img alt='{e(s.title)}' src='data:image/png;base64,{base64.b64encode(s.figure).decode()}'>")
         parts.append(f"<p>Regenerate:</p><pre>{e(report.reproduce(s.name))}</pre>")
         parts.extend(f"<pre>{e(n)}</pre>" for n in s.notes)
         parts.append("</section>")

@@ -13,6 +13,7 @@ Random draws are a pure function of (seed, clip position, perturbation): Gaussia
 `default_rng([seed, i])` of `SkeletonDataset`, so seed = the run's seed reproduces `python -m recognition evaluate
 --noise-sigma`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,9 +22,9 @@ import hashlib
 import io
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -170,16 +171,28 @@ class DataContext:
         return self.path.stem
 
 
-def eval_key(run: RunContext, data: DataContext, frame_dirs: list[str], pert: Perturbation, seed: int | None, *,
-             noise_per_person: bool) -> dict:  # fmt: skip
+def eval_key(
+    run: RunContext,
+    data: DataContext,
+    frame_dirs: list[str],
+    pert: Perturbation,
+    seed: int | None,
+    *,
+    noise_per_person: bool,
+) -> dict:
     """The cache key of one evaluation (see the module docstring)."""
     return {
-        "version": CACHE_VERSION, "checkpoint": run.digest, "data": data.digest, "split": data.split,
-        "clips": hashlib.sha256("\n".join(frame_dirs).encode()).hexdigest(), "perturbation": pert.params(),
+        "version": CACHE_VERSION,
+        "checkpoint": run.digest,
+        "data": data.digest,
+        "split": data.split,
+        "clips": hashlib.sha256("\n".join(frame_dirs).encode()).hexdigest(),
+        "perturbation": pert.params(),
         "seed": seed if pert.kind in SEEDED else None,
         "noise_per_person": noise_per_person if pert.kind == "gaussian" else None,
-        "preprocess": to_dict(run.cfg.data), "device": run.device.type,
-    }  # fmt: skip
+        "preprocess": to_dict(run.cfg.data),
+        "device": run.device.type,
+    }
 
 
 class EvalClips(Dataset):
@@ -201,15 +214,30 @@ class EvalClips(Dataset):
         elif kind == "spatial":
             r = np.random.default_rng([self.seed, i, _TAG["spatial"]])
             kp = perturb.perturb_pixels(kp, shape, lambda xy: perturb.spatial_noise(xy, value, r))
-        x = preprocess_clip(kp, score, shape, train=False, opts=b.opts, rng=rng, noise_sigma=sigma,
-                            noise_per_person=self.noise_per_person, clip_name=b.names[i])  # fmt: skip
+        x = preprocess_clip(
+            kp,
+            score,
+            shape,
+            train=False,
+            opts=b.opts,
+            rng=rng,
+            noise_sigma=sigma,
+            noise_per_person=self.noise_per_person,
+            clip_name=b.names[i],
+        )
         return torch.from_numpy(x), b.labels[i], i
 
 
 def make_base_dataset(run: RunContext, data: DataContext, frame_dirs: list[str]) -> SkeletonDataset:
-    return SkeletonDataset(annotations=data.index["annotations"], frame_dirs=frame_dirs, train=False,
-                           opts=run.cfg.data, seed=run.cfg.seed, num_classes=run.num_classes,
-                           skip_bad=run.cfg.optim.skip_bad)  # fmt: skip
+    return SkeletonDataset(
+        annotations=data.index["annotations"],
+        frame_dirs=frame_dirs,
+        train=False,
+        opts=run.cfg.data,
+        seed=run.cfg.seed,
+        num_classes=run.num_classes,
+        skip_bad=run.cfg.optim.skip_bad,
+    )
 
 
 @torch.no_grad()
@@ -227,13 +255,17 @@ def _layer_attention(model, layers: list[int]) -> Iterator[dict[int, torch.Tenso
     backbone = model.backbone
     blocks = getattr(backbone, "blocks_st", None)
     if blocks is None:
-        raise ValueError(f"saliency from layers {layers} needs a backbone with `blocks_st` (DSTFormer); "
-                         f"use layer -1 (the last layer) for {type(backbone).__name__}")  # fmt: skip
+        raise ValueError(
+            f"saliency from layers {layers} needs a backbone with `blocks_st` (DSTFormer); "
+            f"use layer -1 (the last layer) for {type(backbone).__name__}"
+        )
     store: dict[int, torch.Tensor] = {}
     old = backbone.explicit_attention
     backbone.explicit_attention = True  # the attention modules then return their probabilities
-    handles = [blocks[layer].attn_s.register_forward_hook(
-        lambda _m, _i, out, layer=layer: store.__setitem__(layer, out[1])) for layer in layers]  # fmt: skip
+    handles = [
+        blocks[layer].attn_s.register_forward_hook(lambda _m, _i, out, layer=layer: store.__setitem__(layer, out[1]))
+        for layer in layers
+    ]
     try:
         yield store
     finally:
@@ -274,8 +306,9 @@ def _softmax_at(logits: torch.Tensor, cls: np.ndarray) -> np.ndarray:
     return logits.softmax(dim=1)[torch.arange(len(cls)), torch.as_tensor(cls)].numpy()
 
 
-def _model_space_batch(run: RunContext, x: torch.Tensor, pos: np.ndarray,
-                       todo: list[tuple[Perturbation, int | None]]) -> dict:
+def _model_space_batch(
+    run: RunContext, x: torch.Tensor, pos: np.ndarray, todo: list[tuple[Perturbation, int | None]]
+) -> dict:
     """Results of the model-space perturbations `todo` on one clean batch x [N, M, T, V, 3]."""
     logits, feats = _forward(run, x)
     pred = logits.argmax(1).numpy()
@@ -292,23 +325,34 @@ def _model_space_batch(run: RunContext, x: torch.Tensor, pos: np.ndarray,
         if kind == "clean":
             out[(pert, seed)] = {"logits": logits.numpy(), "features": feats.numpy()}
         elif kind == "shift":
-            xs = np.stack([perturb.shift_joints(xn[j], int(pert.value),
-                                                np.random.default_rng([seed, int(i), _TAG["shift"]]))[0]
-                           for j, i in enumerate(pos)])  # fmt: skip
+            xs = np.stack(
+                [
+                    perturb.shift_joints(xn[j], int(pert.value), np.random.default_rng([seed, int(i), _TAG["shift"]]))[
+                        0
+                    ]
+                    for j, i in enumerate(pos)
+                ]
+            )
             out[(pert, seed)] = {"logits": _forward(run, xs)[0].numpy()}
         elif kind in ("mask_targeted", "mask_random"):
             k = int(pert.value)
             if kind == "mask_targeted":
                 mask = perturb.top_k_joint_mask(sal[depth - 1], k)  # [N, M, T, V]
             else:
-                mask = np.stack([perturb.random_joint_mask(xn.shape[1:4], k,
-                                                           np.random.default_rng([seed, int(i), _TAG["mask_random"]]))
-                                 for i in pos])  # fmt: skip
+                mask = np.stack(
+                    [
+                        perturb.random_joint_mask(
+                            xn.shape[1:4], k, np.random.default_rng([seed, int(i), _TAG["mask_random"]])
+                        )
+                        for i in pos
+                    ]
+                )
             out[(pert, seed)] = {"logits": _forward(run, perturb.zero_tokens(xn, mask))[0].numpy()}
         else:  # deletion / insertion
             if pert.layer == "random":
-                s = np.stack([np.random.default_rng([0, int(i), _TAG["rise_random"]]).random(xn.shape[1:4])
-                              for i in pos])  # fmt: skip
+                s = np.stack(
+                    [np.random.default_rng([0, int(i), _TAG["rise_random"]]).random(xn.shape[1:4]) for i in pos]
+                )
             else:
                 s = sal[pert.layer % depth]
             ranks, units = perturb.token_ranks(s, every)
@@ -321,9 +365,15 @@ def _model_space_batch(run: RunContext, x: torch.Tensor, pos: np.ndarray,
     return out
 
 
-def evaluate_many(run: RunContext, data: DataContext, items: list[tuple[Perturbation, int]], *,
-                  frame_dirs: list[str] | None = None, batch_size: int = 32,
-                  noise_per_person: bool | None = None) -> dict[tuple[Perturbation, int], dict]:  # fmt: skip
+def evaluate_many(
+    run: RunContext,
+    data: DataContext,
+    items: list[tuple[Perturbation, int]],
+    *,
+    frame_dirs: list[str] | None = None,
+    batch_size: int = 32,
+    noise_per_person: bool | None = None,
+) -> dict[tuple[Perturbation, int], dict]:
     """Results of (perturbation, seed) items for `run` on `data`, from the cache or computed (then cached).
 
     Args:
@@ -344,8 +394,14 @@ def evaluate_many(run: RunContext, data: DataContext, items: list[tuple[Perturba
     found = {c: cache.get(k) for c, k in keys.items()}
     missing = [c for c, r in found.items() if r is None]
     if missing:
-        log.info("%s on %s: computing %d of %d evaluations (%d cached)", run.name, data.name, len(missing),
-                 len(found), len(found) - len(missing))  # fmt: skip
+        log.info(
+            "%s on %s: computing %d of %d evaluations (%d cached)",
+            run.name,
+            data.name,
+            len(missing),
+            len(found),
+            len(found) - len(missing),
+        )
         base = make_base_dataset(run, data, frame_dirs)
         meta = {"labels": np.asarray(base.labels, dtype=np.int64), "frame_dir": np.asarray(base.names)}
         model_todo = sorted((c for c in missing if c[0].space == "model"), key=_order)
@@ -357,8 +413,12 @@ def evaluate_many(run: RunContext, data: DataContext, items: list[tuple[Perturba
         for c in sorted((c for c in missing if c[0].space == "screen"), key=_order):
             ds = EvalClips(base, c[0], c[1], noise_per_person=npp)
             loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=run.cfg.optim.num_workers)
-            logits = [_forward(run, x)[0] for x, _, _ in tqdm(
-                loader, desc=f"{run.name} {describe(c[0])} seed {c[1]}", leave=False, dynamic_ncols=True)]
+            logits = [
+                _forward(run, x)[0]
+                for x, _, _ in tqdm(
+                    loader, desc=f"{run.name} {describe(c[0])} seed {c[1]}", leave=False, dynamic_ncols=True
+                )
+            ]
             found[c] = {"logits": torch.cat(logits).numpy(), **meta}
             cache.put(keys[c], found[c])
     return {item: found[canon[item]] for item in items}
@@ -372,8 +432,9 @@ def _run_model_space(run: RunContext, base: SkeletonDataset, todo: list, batch_s
     ds = EvalClips(base, Perturbation("clean"), 0, noise_per_person=True)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=run.cfg.optim.num_workers)
     chunks: dict = {c: {} for c in todo}
-    for x, _, pos in tqdm(loader, desc=f"{run.name}: {len(todo)} model-space evaluations", leave=False,
-                          dynamic_ncols=True):  # fmt: skip
+    for x, _, pos in tqdm(
+        loader, desc=f"{run.name}: {len(todo)} model-space evaluations", leave=False, dynamic_ncols=True
+    ):
         for c, arrays in _model_space_batch(run, x, pos.numpy(), todo).items():
             for name, a in arrays.items():
                 chunks[c].setdefault(name, []).append(a)
@@ -382,8 +443,15 @@ def _run_model_space(run: RunContext, base: SkeletonDataset, todo: list, batch_s
 
 def attention_maps(run: RunContext, data: DataContext, frame_dirs: list[str], *, layer: int = -1) -> dict:
     """Clean-pass attention received per token [n, M, T, V] and logits [n, C] of a few clips (cached)."""
-    key = {"version": CACHE_VERSION, "checkpoint": run.digest, "data": data.digest, "attention_of": list(frame_dirs),
-           "layer": layer, "preprocess": to_dict(run.cfg.data), "device": run.device.type}  # fmt: skip
+    key = {
+        "version": CACHE_VERSION,
+        "checkpoint": run.digest,
+        "data": data.digest,
+        "attention_of": list(frame_dirs),
+        "layer": layer,
+        "preprocess": to_dict(run.cfg.data),
+        "device": run.device.type,
+    }
     hit = run.cache.get(key)
     if hit is not None:
         return hit
@@ -391,8 +459,12 @@ def attention_maps(run: RunContext, data: DataContext, frame_dirs: list[str], *,
     x = torch.stack([base[i][0] for i in range(len(base))])  # [n, M, T, V, 3]
     act = token_saliency(run, x, [layer])
     depth = len(getattr(run.model.backbone, "blocks_st", [None]))
-    result = {"activation": act[layer % depth], "logits": _forward(run, x)[0].numpy(),
-              "labels": np.asarray(base.labels, dtype=np.int64), "frame_dir": np.asarray(base.names)}  # fmt: skip
+    result = {
+        "activation": act[layer % depth],
+        "logits": _forward(run, x)[0].numpy(),
+        "labels": np.asarray(base.labels, dtype=np.int64),
+        "frame_dir": np.asarray(base.names),
+    }
     run.cache.put(key, result)
     return result
 

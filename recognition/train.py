@@ -65,7 +65,7 @@ class Dist:
 
 
 def pick_device(name: str) -> torch.device:
-    """"auto" -> cuda if available else cpu; "cuda" without a GPU is a clear error."""
+    """ "auto" -> cuda if available else cpu; "cuda" without a GPU is a clear error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -100,14 +100,28 @@ def label_names_of(index: dict) -> list[str]:
     return [f"class_{i}" for i in range(top + 1)]
 
 
-def make_dataset(cfg: TrainConfig, index: dict, split: str, *, train: bool, num_classes: int,
-                 noise_sigma: float = 0.0, source: str | Path | None = None) -> SkeletonDataset:  # fmt: skip
+def make_dataset(
+    cfg: TrainConfig,
+    index: dict,
+    split: str,
+    *,
+    train: bool,
+    num_classes: int,
+    noise_sigma: float = 0.0,
+    source: str | Path | None = None,
+) -> SkeletonDataset:
     """The dataset of split `split`; `source` (the index file) is named in the error messages."""
     ds = SkeletonDataset(
-        annotations=index["annotations"], frame_dirs=split_frame_dirs(index, split, source=source), train=train,
-        opts=cfg.data, seed=cfg.seed, num_classes=num_classes, noise_sigma=noise_sigma,
-        noise_per_person=cfg.noise_per_person, skip_bad=cfg.optim.skip_bad,
-    )  # fmt: skip
+        annotations=index["annotations"],
+        frame_dirs=split_frame_dirs(index, split, source=source),
+        train=train,
+        opts=cfg.data,
+        seed=cfg.seed,
+        num_classes=num_classes,
+        noise_sigma=noise_sigma,
+        noise_per_person=cfg.noise_per_person,
+        skip_bad=cfg.optim.skip_bad,
+    )
     if ds.skipped:
         log.warning("%s: skipped %d clips with no data (skip_bad): %s", split, len(ds.skipped), ds.skipped[:5])
     if ds.person_selection:
@@ -127,8 +141,11 @@ def require_clips(ds: SkeletonDataset, split: str, source: str | Path, *, usable
     """Raise ValueError when `ds` holds no clip: its split lists none, or `skip_bad` skipped them all."""
     if len(ds):
         return
-    todo = ("their poses hold no person, no frame or only zero scores: re-extract them, or use another split"
-            if ds.skipped else "rebuild the index (python -m pipeline index) or use another split")  # fmt: skip
+    todo = (
+        "their poses hold no person, no frame or only zero scores: re-extract them, or use another split"
+        if ds.skipped
+        else "rebuild the index (python -m pipeline index) or use another split"
+    )
     raise ValueError(f"{no_clips_message(ds, split, source, usable=usable)}; {todo}")
 
 
@@ -139,9 +156,15 @@ def build_model(cfg: TrainConfig, num_classes: int) -> ActionModel:
 def model_config_of(cfg: TrainConfig, num_classes: int) -> dict:
     """`build_action_model` keyword arguments; what checkpoints store to rebuild the model."""
     m = cfg.model
-    out = dict(num_classes=num_classes, backbone=m.backbone, preset=m.preset, hidden_dim=m.hidden_dim,
-               dropout=m.dropout, maxlen=m.maxlen,
-               use_mask_token=cfg.maskclr.enabled and cfg.maskclr.masking == "agpm")  # fmt: skip
+    out = dict(
+        num_classes=num_classes,
+        backbone=m.backbone,
+        preset=m.preset,
+        hidden_dim=m.hidden_dim,
+        dropout=m.dropout,
+        maxlen=m.maxlen,
+        use_mask_token=cfg.maskclr.enabled and cfg.maskclr.masking == "agpm",
+    )
     if m.faithful_residual_bug:  # F9; absent otherwise, so other runs' model configs are unchanged
         out["backbone_options"] = {"faithful_residual_bug": True}
     return out
@@ -159,9 +182,17 @@ def make_optimizer(cfg: TrainConfig, model: ActionModel):
 
 def make_loss(cfg: TrainConfig, num_classes: int) -> MLCLLoss:
     mc = cfg.maskclr
-    return MLCLLoss(num_classes=num_classes, lambda_sc=mc.lambda_sc, lambda_cc=mc.lambda_cc,
-                    temperature_sc=mc.temperature_sc, sc_p_dim=mc.sc_p_dim, cc_detach=mc.cc_detach,
-                    alpha=mc.cc_alpha, cl_type=mc.cl_type, supcon_rowmax=mc.supcon_rowmax)  # fmt: skip
+    return MLCLLoss(
+        num_classes=num_classes,
+        lambda_sc=mc.lambda_sc,
+        lambda_cc=mc.lambda_cc,
+        temperature_sc=mc.temperature_sc,
+        sc_p_dim=mc.sc_p_dim,
+        cc_detach=mc.cc_detach,
+        alpha=mc.cc_alpha,
+        cl_type=mc.cl_type,
+        supcon_rowmax=mc.supcon_rowmax,
+    )
 
 
 def autocast_for(device: torch.device):
@@ -187,16 +218,26 @@ def maskclr_step(cfg: TrainConfig, model, core: ActionModel, loss_fn: MLCLLoss, 
     if mc.avg_ce:
         ce = 0.5 * (ce + F.cross_entropy(out_m.logits, y))
     z, zm = (out.features, out_m.features) if mc.embedding == "hidden" else (None, None)
-    terms = loss_fn(out.logits.float(), out_m.logits.float(), y, z=None if z is None else z.float(),
-                    z_masked=None if zm is None else zm.float(), update_memory=update_memory)  # fmt: skip
+    terms = loss_fn(
+        out.logits.float(),
+        out_m.logits.float(),
+        y,
+        z=None if z is None else z.float(),
+        z_masked=None if zm is None else zm.float(),
+        update_memory=update_memory,
+    )
     loss = ce + terms["total_contrastive"]
-    return loss, out.logits, {"ce": ce.detach(), "loss_sc": terms["loss_sc"].detach(),
-                              "loss_cc": terms["loss_cc"].detach()}  # fmt: skip
+    return (
+        loss,
+        out.logits,
+        {"ce": ce.detach(), "loss_sc": terms["loss_sc"].detach(), "loss_cc": terms["loss_cc"].detach()},
+    )
 
 
 @torch.no_grad()
-def evaluate_loader(model: ActionModel, loader, device: torch.device, *, loss_fn: MLCLLoss | None = None,
-                    update_memory: bool = False) -> dict:  # fmt: skip
+def evaluate_loader(
+    model: ActionModel, loader, device: torch.device, *, loss_fn: MLCLLoss | None = None, update_memory: bool = False
+) -> dict:
     """Top-1/top-5 and mean CE over a loader (single deterministic clip per sample)."""
     model.eval()
     n = correct1 = correct5 = 0
@@ -212,12 +253,25 @@ def evaluate_loader(model: ActionModel, loader, device: torch.device, *, loss_fn
         correct1 += (top[:, 0] == y).sum().item()
         correct5 += (top == y[:, None]).any(dim=1).sum().item()
         n += y.numel()
-    return {"val_top1": 100.0 * correct1 / max(n, 1), "val_top5": 100.0 * correct5 / max(n, 1),
-            "val_loss": ce_sum / max(n, 1), "val_n": n}  # fmt: skip
+    return {
+        "val_top1": 100.0 * correct1 / max(n, 1),
+        "val_top5": 100.0 * correct5 / max(n, 1),
+        "val_loss": ce_sum / max(n, 1),
+        "val_n": n,
+    }
 
 
-def run_train(cfg: TrainConfig, *, data: str | Path, split: str, out: str | Path, device: str = "auto",
-              init: str | None = None, resume: bool = False, halt_after_steps: int | None = None) -> dict:  # fmt: skip
+def run_train(
+    cfg: TrainConfig,
+    *,
+    data: str | Path,
+    split: str,
+    out: str | Path,
+    device: str = "auto",
+    init: str | None = None,
+    resume: bool = False,
+    halt_after_steps: int | None = None,
+) -> dict:
     """Train; returns the final history entry. See the module docstring for the files."""
     out = Path(out)
     env = setup_distributed(device)
@@ -230,13 +284,21 @@ def run_train(cfg: TrainConfig, *, data: str | Path, split: str, out: str | Path
     val_ds = make_dataset(cfg, index, f"{split}_val", train=False, num_classes=num_classes, source=data)
     has_val = len(val_ds) > 0
     if not has_val:
-        log.warning("%s: no validation; best.pt is the last epoch's weights and val_* are null in metrics.jsonl",
-                    no_clips_message(val_ds, f"{split}_val", data, usable="validation clips"))  # fmt: skip
-    sampler = DistributedSampler(train_ds, num_replicas=env.world, rank=env.rank, shuffle=True,
-                                 seed=cfg.seed, drop_last=env.world > 1)  # fmt: skip
+        log.warning(
+            "%s: no validation; best.pt is the last epoch's weights and val_* are null in metrics.jsonl",
+            no_clips_message(val_ds, f"{split}_val", data, usable="validation clips"),
+        )
+    sampler = DistributedSampler(
+        train_ds, num_replicas=env.world, rank=env.rank, shuffle=True, seed=cfg.seed, drop_last=env.world > 1
+    )
     bs = cfg.optim.batch_size
-    train_loader = DataLoader(train_ds, batch_size=bs, sampler=sampler, num_workers=cfg.optim.num_workers,
-                              drop_last=cfg.maskclr.enabled and len(train_ds) > bs)  # fmt: skip
+    train_loader = DataLoader(
+        train_ds,
+        batch_size=bs,
+        sampler=sampler,
+        num_workers=cfg.optim.num_workers,
+        drop_last=cfg.maskclr.enabled and len(train_ds) > bs,
+    )
     val_loader = DataLoader(val_ds, batch_size=bs, shuffle=False, num_workers=cfg.optim.num_workers)
 
     core = build_model(cfg, num_classes).to(env.device)
@@ -255,17 +317,25 @@ def run_train(cfg: TrainConfig, *, data: str | Path, split: str, out: str | Path
         torch.set_rng_state(ck["rng"]["torch"])
         start_epoch, history = ck["epoch"] + 1, list(ck["history"])
         best = -math.inf if ck["best_metric"] is None else ck["best_metric"]  # None: trained without validation
-        log.info("resumed %s at epoch %d (best val top-1 %s)", last_path, start_epoch,
-                 "none" if ck["best_metric"] is None else f"{best:.2f}")  # fmt: skip
+        log.info(
+            "resumed %s at epoch %d (best val top-1 %s)",
+            last_path,
+            start_epoch,
+            "none" if ck["best_metric"] is None else f"{best:.2f}",
+        )
     elif resume:
         log.info("--resume: no %s yet; starting from scratch", last_path)
     elif init:
         log.info("--init %s: %s", init, init_from(core, init))
     model = core
     if env.world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(core, device_ids=[env.device] if env.device.type == "cuda" else None)
+        model = torch.nn.parallel.DistributedDataParallel(
+            core, device_ids=[env.device] if env.device.type == "cuda" else None
+        )
     if cfg.maskclr.enabled and cfg.maskclr.cc_detach and cfg.maskclr.cl_type == "tcl":
-        log.warning("faithful L_cc: built from detached logits, it has NO gradient and is only logged (switch F1, docs/method.md §10)")
+        log.warning(
+            "faithful L_cc: built from detached logits, it has NO gradient and is only logged (switch F1, docs/method.md §10)"
+        )
 
     run_cfg = to_dict(cfg)
     if env.main:
@@ -284,8 +354,13 @@ def run_train(cfg: TrainConfig, *, data: str | Path, split: str, out: str | Path
         masked_on = cfg.maskclr.enabled and epoch >= cfg.maskclr.start_epoch
         sums: dict[str, float] = {}
         seen = 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not env.main,
-                   leave=False, dynamic_ncols=True)  # fmt: skip
+        bar = tqdm(
+            train_loader,
+            desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+            disable=not env.main,
+            leave=False,
+            dynamic_ncols=True,
+        )
         for x, y in bar:
             x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
             with autocast_for(env.device):
@@ -310,12 +385,18 @@ def run_train(cfg: TrainConfig, *, data: str | Path, split: str, out: str | Path
         sched.step()
         val = _NO_VAL
         if has_val:
-            val = evaluate_loader(core, val_loader, env.device, loss_fn=loss_fn,
-                                  update_memory=masked_on and cfg.maskclr.cc_update_on_val)  # fmt: skip
-        entry = {"epoch": epoch + 1, **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
-                 "train_acc": 100.0 * sums.get("acc", 0.0) / max(seen, 1), **val,
-                 "lr_backbone": opt.param_groups[0]["lr"], "lr_head": opt.param_groups[1]["lr"],
-                 "maskclr_active": masked_on}  # fmt: skip
+            val = evaluate_loader(
+                core, val_loader, env.device, loss_fn=loss_fn, update_memory=masked_on and cfg.maskclr.cc_update_on_val
+            )
+        entry = {
+            "epoch": epoch + 1,
+            **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
+            "train_acc": 100.0 * sums.get("acc", 0.0) / max(seen, 1),
+            **val,
+            "lr_backbone": opt.param_groups[0]["lr"],
+            "lr_head": opt.param_groups[1]["lr"],
+            "maskclr_active": masked_on,
+        }
         history.append(entry)
         if has_val:
             improved = val["val_top1"] > best
@@ -324,18 +405,27 @@ def run_train(cfg: TrainConfig, *, data: str | Path, split: str, out: str | Path
             improved, best = True, None
         if env.main:
             val_text = f"val top-1 {val['val_top1']:.2f} top-5 {val['val_top5']:.2f}" if has_val else "no validation"
-            log.info("epoch %d: train loss %.4f acc %.1f | %s", epoch + 1, entry["train_loss"], entry["train_acc"],
-                     val_text)  # fmt: skip
+            log.info(
+                "epoch %d: train loss %.4f acc %.1f | %s", epoch + 1, entry["train_loss"], entry["train_acc"], val_text
+            )
             for k, v in entry.items():
                 if isinstance(v, (int, float)) and k != "epoch":
                     writer.add_scalar(k, v, epoch + 1)
             writer.flush()
             payload = {
-                "model_state": core.state_dict(), "model_config": model_config_of(cfg, num_classes),
-                "run_config": run_cfg, "label_names": names, "epoch": epoch, "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "loss_state": loss_fn.state_dict(), "best_metric": best,
-                "rng": {"torch": torch.get_rng_state()}, "history": history, "split": split,
-            }  # fmt: skip
+                "model_state": core.state_dict(),
+                "model_config": model_config_of(cfg, num_classes),
+                "run_config": run_cfg,
+                "label_names": names,
+                "epoch": epoch,
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "loss_state": loss_fn.state_dict(),
+                "best_metric": best,
+                "rng": {"torch": torch.get_rng_state()},
+                "history": history,
+                "split": split,
+            }
             if improved:
                 save_checkpoint(out / "best.pt", payload)
             save_checkpoint(last_path, payload)

@@ -17,8 +17,7 @@ _real_connect = socket.socket.connect
 
 def _guarded_connect(self, address):  # noqa: ANN001
     host = address[0] if isinstance(address, tuple) else address
-    if isinstance(host, str) and host not in ("127.0.0.1", "localhost", "::1", "0.0.0.0") \
-            and not host.startswith("/"):
+    if isinstance(host, str) and host not in ("127.0.0.1", "localhost", "::1", "0.0.0.0") and not host.startswith("/"):
         raise RuntimeError(f"network access blocked in tests: {address!r}")
     return _real_connect(self, address)
 

@@ -5,19 +5,33 @@ from __future__ import annotations
 import numpy as np
 
 
-def make_record(M: int = 2, T: int = 16, V: int = 17, *, seed: int = 0, frame_dir: str = "clip0",
-                label: int | None = None, img_shape: tuple[int, int] = (1080, 1920)) -> dict:
+def make_record(
+    M: int = 2,
+    T: int = 16,
+    V: int = 17,
+    *,
+    seed: int = 0,
+    frame_dir: str = "clip0",
+    label: int | None = None,
+    img_shape: tuple[int, int] = (1080, 1920),
+) -> dict:
     """A random but valid pose record (float32, scores in [0, 1])."""
     rng = np.random.default_rng(seed)
     h, w = img_shape
     kp = (rng.random((M, T, V, 2)) * np.array([w, h])).astype(np.float32)
     score = rng.random((M, T, V)).astype(np.float32)
     rec = {
-        "frame_dir": frame_dir, "total_frames": T, "img_shape": img_shape,
-        "original_shape": img_shape, "keypoint": kp, "keypoint_score": score,
-        "fps": 30.0, "person_ids": np.arange(M, dtype=np.int64),
-        "estimator": {"name": "random", "weights": "", "version": "1"}, "schema_version": 1,
-    }  # fmt: skip
+        "frame_dir": frame_dir,
+        "total_frames": T,
+        "img_shape": img_shape,
+        "original_shape": img_shape,
+        "keypoint": kp,
+        "keypoint_score": score,
+        "fps": 30.0,
+        "person_ids": np.arange(M, dtype=np.int64),
+        "estimator": {"name": "random", "weights": "", "version": "1"},
+        "schema_version": 1,
+    }
     if label is not None:
         rec["label"] = label
     return rec
@@ -25,10 +39,15 @@ def make_record(M: int = 2, T: int = 16, V: int = 17, *, seed: int = 0, frame_di
 
 def make_index(n: int = 6, *, num_classes: int = 3, T: int = 16, seed: int = 0) -> dict:
     """A valid dataset index with xsub/xview splits over `n` random clips."""
-    anns = [make_record(M=1 + i % 2, T=T + i, seed=seed + i, frame_dir=f"c{i:03d}",
-                        label=i % num_classes) for i in range(n)]  # fmt: skip
+    anns = [
+        make_record(M=1 + i % 2, T=T + i, seed=seed + i, frame_dir=f"c{i:03d}", label=i % num_classes) for i in range(n)
+    ]
     names = [a["frame_dir"] for a in anns]
     half = n // 2
-    split = {"xsub_train": names[:half], "xsub_val": names[half:],
-             "xview_train": names[half:], "xview_val": names[:half]}  # fmt: skip
+    split = {
+        "xsub_train": names[:half],
+        "xsub_val": names[half:],
+        "xview_train": names[half:],
+        "xview_val": names[:half],
+    }
     return {"split": split, "annotations": anns}

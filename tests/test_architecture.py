@@ -35,8 +35,11 @@ def imported_roots(path: Path) -> set[str]:
 def test_layering(package):
     files = sorted((REPO / package).rglob("*.py"))
     assert files, f"package {package} has no modules"
-    bad = [f"{f.relative_to(REPO)} imports {root}"
-           for f in files for root in sorted(imported_roots(f) & FORBIDDEN[package])]  # fmt: skip
+    bad = [
+        f"{f.relative_to(REPO)} imports {root}"
+        for f in files
+        for root in sorted(imported_roots(f) & FORBIDDEN[package])
+    ]
     assert not bad, "layering broken:\n" + "\n".join(bad)
 
 

@@ -26,8 +26,14 @@ from tests.pose_extraction.test_extract import write_video
 from tests.recognition.test_report import build_tiny_inputs
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["model.preset=tiny", "model.hidden_dim=32", "model.maxlen=16", "data.clip_len=16", "optim.batch_size=8",
-        "optim.epochs=1"]  # fmt: skip
+TINY = [
+    "model.preset=tiny",
+    "model.hidden_dim=32",
+    "model.maxlen=16",
+    "data.clip_len=16",
+    "optim.batch_size=8",
+    "optim.epochs=1",
+]
 COMMANDS = ["extract", "index", "train", "evaluate", "report"]
 
 
@@ -43,26 +49,81 @@ def inputs(tmp_path_factory) -> dict:
     runs, data, config = build_tiny_inputs(root / "report")
     train_data = root / "train.pkl"
     write_index(make_index(16, num_classes=3, T=16), train_data)
-    return {"videos": root / "videos", "poses": poses, "runs": runs, "data": data, "config": config,
-            "train_data": train_data}  # fmt: skip
+    return {
+        "videos": root / "videos",
+        "poses": poses,
+        "runs": runs,
+        "data": data,
+        "config": config,
+        "train_data": train_data,
+    }
 
 
 def argv_for(command: str, inputs: dict, out: Path) -> list[str]:
     """`python -m <argv>` of one command writing into `out`."""
     if command == "extract":
-        return ["pose_extraction", "extract", "--estimator", "standin", "--videos", str(inputs["videos"]),
-                "--out", str(out), "--device", "cpu"]  # fmt: skip
+        return [
+            "pose_extraction",
+            "extract",
+            "--estimator",
+            "standin",
+            "--videos",
+            str(inputs["videos"]),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
     if command == "index":
         return ["pipeline", "index", "--poses", str(inputs["poses"]), "--dataset", "ntu60", "--out", str(out / "i.pkl")]
     if command == "train":
         sets = [x for s in TINY for x in ("--set", s)]
-        return ["recognition", "train", "--config", str(REPO / "configs/recognition/motionbert_mocap15.yaml"),
-                "--data", str(inputs["train_data"]), "--split", "xsub", "--out", str(out), "--device", "cpu", *sets]  # fmt: skip
+        return [
+            "recognition",
+            "train",
+            "--config",
+            str(REPO / "configs/recognition/motionbert_mocap15.yaml"),
+            "--data",
+            str(inputs["train_data"]),
+            "--split",
+            "xsub",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            *sets,
+        ]
     if command == "evaluate":
-        return ["recognition", "evaluate", "--checkpoint", str(inputs["runs"][0] / "best.pt"), "--data",
-                str(inputs["data"]), "--split", "xsub_val", "--out", str(out), "--device", "cpu"]  # fmt: skip
-    return ["recognition", "report", "--runs", *map(str, inputs["runs"]), "--data", str(inputs["data"]),
-            "--config", str(inputs["config"]), "--out", str(out), "--device", "cpu", "--only", "accuracy"]  # fmt: skip
+        return [
+            "recognition",
+            "evaluate",
+            "--checkpoint",
+            str(inputs["runs"][0] / "best.pt"),
+            "--data",
+            str(inputs["data"]),
+            "--split",
+            "xsub_val",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    return [
+        "recognition",
+        "report",
+        "--runs",
+        *map(str, inputs["runs"]),
+        "--data",
+        str(inputs["data"]),
+        "--config",
+        str(inputs["config"]),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--only",
+        "accuracy",
+    ]
 
 
 def run_in_process(argv: list[str]) -> int:
@@ -156,9 +217,28 @@ def test_ctrl_c_stops_cleanly(tmp_path):
     write_video(d / "long.mp4", 300)
     out = tmp_path / "poses"
     env = dict(os.environ, RSA_EXTRACT_SLEEP="0.05")
-    proc = subprocess.Popen([sys.executable, "-m", "pose_extraction", "extract", "--estimator", "standin",
-                             "--videos", str(d), "--out", str(out), "--device", "cpu", "--set", "chunk_size=8"],
-                            cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pose_extraction",
+            "extract",
+            "--estimator",
+            "standin",
+            "--videos",
+            str(d),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--set",
+            "chunk_size=8",
+        ],
+        cwd=REPO,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while not (out / "a.pkl").exists() and time.time() < deadline:
         time.sleep(0.05)

@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-VERBS = ["demo", "test", "poses", "dataset", "train", "report", "predict", "weights", "bench", "help"]
+VERBS = ["demo", "test", "lint", "poses", "dataset", "train", "report", "predict", "weights", "bench", "help"]
 
 
 def make(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
-    return subprocess.run(["make", "--no-print-directory", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=env)  # fmt: skip
+    return subprocess.run(
+        ["make", "--no-print-directory", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def snapshot(root: Path) -> dict[str, int]:
@@ -54,13 +55,39 @@ def test_device_cuda_without_a_gpu_is_one_line(tmp_path):
     (tmp_path / "w.pth").write_bytes(b"")
     (tmp_path / "videos").mkdir()
     (tmp_path / "videos/a.mp4").write_bytes(b"")
-    for argv in (["recognition", "train", "--config", "configs/recognition/motionbert_mocap15.yaml",
-                  "--data", str(tmp_path / "none.pkl"), "--split", "xview", "--out", str(tmp_path / "run"),
-                  "--device", "cuda"],
-                 ["pose_extraction", "extract", "--estimator", "hrnet", "--videos", str(tmp_path / "videos"),
-                  "--out", str(tmp_path / "poses"), "--device", "cuda", "--set", f"weights={tmp_path / 'w.pth'}"]):
-        res = subprocess.run([sys.executable, "-m", *argv], cwd=REPO, capture_output=True, text=True, env=env,
-                             timeout=300)  # fmt: skip
+    for argv in (
+        [
+            "recognition",
+            "train",
+            "--config",
+            "configs/recognition/motionbert_mocap15.yaml",
+            "--data",
+            str(tmp_path / "none.pkl"),
+            "--split",
+            "xview",
+            "--out",
+            str(tmp_path / "run"),
+            "--device",
+            "cuda",
+        ],
+        [
+            "pose_extraction",
+            "extract",
+            "--estimator",
+            "hrnet",
+            "--videos",
+            str(tmp_path / "videos"),
+            "--out",
+            str(tmp_path / "poses"),
+            "--device",
+            "cuda",
+            "--set",
+            f"weights={tmp_path / 'w.pth'}",
+        ],
+    ):
+        res = subprocess.run(
+            [sys.executable, "-m", *argv], cwd=REPO, capture_output=True, text=True, env=env, timeout=300
+        )
         err = [ln for ln in res.stderr.splitlines() if ln.strip()]
         assert res.returncode == 1 and len(err) == 1, res.stderr
         assert "DEVICE=cuda but no CUDA GPU is visible; use DEVICE=cpu (or auto)" in err[0]

@@ -23,8 +23,9 @@ CHROMIUM = Path("/usr/bin/chromium")
 DEMO_REPORT = REPO / "artifacts/reports/demo/report.html"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=10000"]
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
-                                                               "(apt-get install -y chromium)")
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +56,12 @@ def test_report_loads_in_chromium_with_every_image(report_html, tmp_path):
     loaded = int(re.search(r'data-images-loaded="(\d+)"', body.group(0)).group(1))
     assert total >= 8 and loaded == total, f"{loaded} of {total} images decoded"
     assert res.stdout.count("<table>") >= 8
-    for title in ("Accuracy vs Gaussian noise", "Targeted vs random masking", "Most confused class pairs",
-                  "Pose quality"):  # fmt: skip
+    for title in (
+        "Accuracy vs Gaussian noise",
+        "Targeted vs random masking",
+        "Most confused class pairs",
+        "Pose quality",
+    ):
         assert title in res.stdout
 
     shot = tmp_path / "report.png"

@@ -18,8 +18,9 @@ import difflib
 import importlib
 import inspect
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 ESTIMATORS: dict[str, str] = {
     "vitpose": "pose_extraction.estimators.vitpose:ViTPoseEstimator",
@@ -40,8 +41,10 @@ class EstimatorError(RuntimeError):
 
 
 def missing_weights_message(name: str, path: str | os.PathLike) -> str:
-    return (f"{name} weights file {path} not found: download the official checkpoint with "
-            f"`make weights ESTIMATOR={name}` (or `python -m pose_extraction weights {name}`)")  # fmt: skip
+    return (
+        f"{name} weights file {path} not found: download the official checkpoint with "
+        f"`make weights ESTIMATOR={name}` (or `python -m pose_extraction weights {name}`)"
+    )
 
 
 def get_estimator_class(name: str) -> type:
@@ -118,8 +121,9 @@ def build_estimator(
             raise EstimatorError(f"unknown {name} setting {key!r}{hint} (valid: {', '.join(sorted(valid))})")
         default = defaults[key]
         if default is not inspect.Parameter.empty and default is not None and not _same_type(value, default):
-            raise EstimatorError(f"{name} setting {key!r}: expected {type(default).__name__} like {default!r}, "
-                                 f"got {value!r}")  # fmt: skip
+            raise EstimatorError(
+                f"{name} setting {key!r}: expected {type(default).__name__} like {default!r}, got {value!r}"
+            )
     if batch_size is not None:
         kwargs["batch_size"] = batch_size
     if flip_test is not None:

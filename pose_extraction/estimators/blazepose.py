@@ -51,8 +51,10 @@ def _import_mediapipe() -> Any:
             "(`make poses ESTIMATOR=blazepose` does both)"
         ) from exc
     if not hasattr(mp, "solutions"):
-        raise ImportError(f"mediapipe {mp.__version__} has no legacy `solutions` (and no pose model in its "
-                          "wheel); the blazepose estimator needs mediapipe==0.10.21")  # fmt: skip
+        raise ImportError(
+            f"mediapipe {mp.__version__} has no legacy `solutions` (and no pose model in its "
+            "wheel); the blazepose estimator needs mediapipe==0.10.21"
+        )
     return mp
 
 
@@ -82,11 +84,19 @@ class BlazePoseEstimator:
     weights = "mediapipe 0.10.21 pose_landmark_full"
     max_persons = 1
 
-    def __init__(self, *, weights: str | None = None, device: str = "cpu", min_detection_confidence: float = 0.5,
-                 min_tracking_confidence: float = 0.5, smooth_landmarks: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        weights: str | None = None,
+        device: str = "cpu",
+        min_detection_confidence: float = 0.5,
+        min_tracking_confidence: float = 0.5,
+        smooth_landmarks: bool = True,
+    ) -> None:
         if weights:  # `weights` and `device` exist only so that build_estimator can call every class alike
-            raise EstimatorError(f"blazepose takes no weights file (got {weights}): its model ships in the "
-                                 "mediapipe 0.10.21 wheel")  # fmt: skip
+            raise EstimatorError(
+                f"blazepose takes no weights file (got {weights}): its model ships in the mediapipe 0.10.21 wheel"
+            )
         if device != "cpu":
             log.info("blazepose runs on the CPU (mediapipe's TFLite runtime); device=%r ignored", device)
         self._mp = _import_mediapipe()
@@ -100,10 +110,13 @@ class BlazePoseEstimator:
     def _new_solution(self) -> Any:
         self.close()
         return self._mp.solutions.pose.Pose(
-            static_image_mode=False, model_complexity=MODEL_COMPLEXITY, smooth_landmarks=self.smooth_landmarks,
-            enable_segmentation=False, min_detection_confidence=self.min_detection_confidence,
+            static_image_mode=False,
+            model_complexity=MODEL_COMPLEXITY,
+            smooth_landmarks=self.smooth_landmarks,
+            enable_segmentation=False,
+            min_detection_confidence=self.min_detection_confidence,
             min_tracking_confidence=self.min_tracking_confidence,
-        )  # fmt: skip
+        )
 
     def close(self) -> None:
         """Release the mediapipe graph (a new one is made on the next video)."""
@@ -111,8 +124,9 @@ class BlazePoseEstimator:
             self._pose.close()
             self._pose = None
 
-    def estimate(self, frames: list[np.ndarray], boxes: list[np.ndarray] | None = None, *,
-                 start_index: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    def estimate(
+        self, frames: list[np.ndarray], boxes: list[np.ndarray] | None = None, *, start_index: int = 0
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Poses of consecutive frames of one video; `start_index == 0` starts a new video.
 
         Args:
@@ -127,8 +141,9 @@ class BlazePoseEstimator:
             raise ValueError("blazepose finds its own person: call estimate(frames, None)")
         if start_index == 0 or self._pose is None or start_index != self._next_index:
             if start_index not in (0, self._next_index):
-                log.warning("blazepose: frames jump from %d to %d; restarting the tracker", self._next_index,
-                            start_index)  # fmt: skip
+                log.warning(
+                    "blazepose: frames jump from %d to %d; restarting the tracker", self._next_index, start_index
+                )
             self._pose = self._new_solution()
         out = []
         for frame in frames:

@@ -28,8 +28,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING
 
 from pose_extraction.estimators import EstimatorError, missing_weights_message
 
@@ -71,8 +72,11 @@ def load_checkpoint(path: str | os.PathLike, *, estimator: str) -> StateDict:
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as exc:  # UnpicklingError for numpy objects in `meta`
-            log.warning("%s: weights-only load failed (%s); unpickling it fully, as you pointed at it",
-                        p, str(exc).splitlines()[0])  # fmt: skip
+            log.warning(
+                "%s: weights-only load failed (%s); unpickling it fully, as you pointed at it",
+                p,
+                str(exc).splitlines()[0],
+            )
             try:
                 obj = torch.load(p, map_location="cpu", weights_only=False)
             except Exception as exc2:
@@ -87,7 +91,7 @@ def load_checkpoint(path: str | os.PathLike, *, estimator: str) -> StateDict:
     return sd
 
 
-def check_state_dict(model_sd: Mapping[str, "torch.Tensor"], sd: StateDict, *, what: str) -> StateDict:
+def check_state_dict(model_sd: Mapping[str, torch.Tensor], sd: StateDict, *, what: str) -> StateDict:
     """Return `sd` ready for `load_state_dict(strict=True)`, or raise listing every mismatch.
 
     A missing BatchNorm `num_batches_tracked` (older torch saves) is taken from the model:
@@ -104,11 +108,14 @@ def check_state_dict(model_sd: Mapping[str, "torch.Tensor"], sd: StateDict, *, w
     unexpected = sorted(set(sd) - set(model_sd))
     shapes = sorted(
         f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(model_sd[k].shape)}"
-        for k in set(sd) & set(model_sd) if sd[k].shape != model_sd[k].shape
-    )  # fmt: skip
+        for k in set(sd) & set(model_sd)
+        if sd[k].shape != model_sd[k].shape
+    )
     if missing or unexpected or shapes:
-        parts = [f"{what}: the checkpoint does not match the model's architecture "
-                 f"({len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} mis-shaped keys)"]  # fmt: skip
+        parts = [
+            f"{what}: the checkpoint does not match the model's architecture "
+            f"({len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} mis-shaped keys)"
+        ]
         for title, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)):
             if keys:
                 more = f"\n    ... and {len(keys) - _LIST_LIMIT} more" if len(keys) > _LIST_LIMIT else ""
@@ -123,8 +130,11 @@ def check_state_dict(model_sd: Mapping[str, "torch.Tensor"], sd: StateDict, *, w
 _VITPOSE_MODULES = (
     ("backbone.patch_embed.projection", "backbone.patch_embed.proj", "backbone.embeddings.patch_embeddings.projection"),
     ("backbone.layers.{i}.ln1", "backbone.blocks.{i}.norm1", "backbone.encoder.layer.{i}.layernorm_before"),
-    ("backbone.layers.{i}.attn.proj", "backbone.blocks.{i}.attn.proj",
-     "backbone.encoder.layer.{i}.attention.output.dense"),
+    (
+        "backbone.layers.{i}.attn.proj",
+        "backbone.blocks.{i}.attn.proj",
+        "backbone.encoder.layer.{i}.attention.output.dense",
+    ),
     ("backbone.layers.{i}.ln2", "backbone.blocks.{i}.norm2", "backbone.encoder.layer.{i}.layernorm_after"),
     ("backbone.layers.{i}.ffn.layers.0.0", "backbone.blocks.{i}.mlp.fc1", "backbone.encoder.layer.{i}.mlp.fc1"),
     ("backbone.layers.{i}.ffn.layers.1", "backbone.blocks.{i}.mlp.fc2", "backbone.encoder.layer.{i}.mlp.fc2"),
@@ -134,12 +144,15 @@ _VITPOSE_MODULES = (
     ("head.deconv_layers.1", "keypoint_head.deconv_layers.1", "head.batchnorm1"),
     ("head.deconv_layers.3", "keypoint_head.deconv_layers.3", "head.deconv2"),
     ("head.deconv_layers.4", "keypoint_head.deconv_layers.4", "head.batchnorm2"),
-)  # fmt: skip
+)
 _LAYOUT_COLUMN = {"mmpose": 0, "original": 1, "hf": 2}
 _QKV = {"mmpose": "backbone.layers.{i}.attn.qkv", "original": "backbone.blocks.{i}.attn.qkv"}
 _HF_QKV = "backbone.encoder.layer.{i}.attention.attention.{part}"
-_POS = {"mmpose": "backbone.pos_embed", "original": "backbone.pos_embed",
-        "hf": "backbone.embeddings.position_embeddings"}  # fmt: skip
+_POS = {
+    "mmpose": "backbone.pos_embed",
+    "original": "backbone.pos_embed",
+    "hf": "backbone.embeddings.position_embeddings",
+}
 
 
 def _module_regex(template: str) -> re.Pattern:
@@ -161,7 +174,7 @@ def _rename(sd: StateDict, src: str, dst: str) -> StateDict:
 
 
 def detect_vitpose_layout(sd: Mapping[str, object]) -> str:
-    """"mmpose", "original" or "hf", from the key names.
+    """ "mmpose", "original" or "hf", from the key names.
 
     Raises:
         EstimatorError: none of them (the message shows a few keys).
@@ -173,8 +186,9 @@ def detect_vitpose_layout(sd: Mapping[str, object]) -> str:
         return "mmpose"
     if any(k.startswith(("backbone.blocks.", "keypoint_head.")) for k in keys):
         return "original"
-    raise EstimatorError(f"not a ViTPose checkpoint in a known layout (mmpose, ViTPose release, transformers); "
-                         f"first keys: {keys[:5]}")  # fmt: skip
+    raise EstimatorError(
+        f"not a ViTPose checkpoint in a known layout (mmpose, ViTPose release, transformers); first keys: {keys[:5]}"
+    )
 
 
 def vitpose_to_hf(sd: StateDict, layout: str | None = None, *, num_patches: int | None = None) -> StateDict:
@@ -219,8 +233,10 @@ def vitpose_from_hf(sd: StateDict, layout: str) -> StateDict:
     renamed = _rename(sd, "hf", layout)
     out: StateDict = {}
     parts: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    qkv_hf = re.compile(r"^backbone\.encoder\.layer\.(?P<i>\d+)\.attention\.attention\.(?P<part>query|key|value)"
-                        r"\.(?P<param>[^.]+)$")  # fmt: skip
+    qkv_hf = re.compile(
+        r"^backbone\.encoder\.layer\.(?P<i>\d+)\.attention\.attention\.(?P<part>query|key|value)"
+        r"\.(?P<param>[^.]+)$"
+    )
     for key, value in renamed.items():
         m = qkv_hf.match(key)
         if m:
@@ -238,7 +254,7 @@ def vitpose_from_hf(sd: StateDict, layout: str) -> StateDict:
 
 
 def detect_hrnet_layout(sd: Mapping[str, object]) -> str:
-    """"mmpose" (backbone.* + head.* or keypoint_head.*), "ours" (backbone.* + final_layer.*) or
+    """ "mmpose" (backbone.* + head.* or keypoint_head.*), "ours" (backbone.* + final_layer.*) or
     "original" (bare names)."""
     keys = list(sd)
     if any(k.startswith(("head.", "keypoint_head.")) for k in keys):

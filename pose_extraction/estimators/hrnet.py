@@ -37,12 +37,13 @@ def _deps():
         import timm
         import torch
     except ImportError as exc:
-        raise ImportError("the HRNet estimator needs torch, torchvision and timm: "
-                          "pip install torch torchvision timm") from exc  # fmt: skip
+        raise ImportError(
+            "the HRNet estimator needs torch, torchvision and timm: pip install torch torchvision timm"
+        ) from exc
     return torch, timm
 
 
-def build_pose_hrnet(variant: str = "hrnet_w32") -> tuple["torch.nn.Module", list[str]]:
+def build_pose_hrnet(variant: str = "hrnet_w32") -> tuple[torch.nn.Module, list[str]]:
     """A random pose HRNet: `ModuleDict(backbone=timm features net, final_layer=Conv2d(C, 17, 1))`.
 
     Returns:
@@ -89,9 +90,17 @@ class HRNetEstimator(TopDownEstimator):
         precision: str = "fp16",
         variant: str = "hrnet_w32",
     ) -> None:
-        super().__init__(device=device, batch_size=batch_size, flip_test=flip_test, udp=udp,
-                         shift_heatmap=shift_heatmap, input_size=input_size, heatmap_size=heatmap_size,
-                         blur_kernel_size=blur_kernel_size, precision=precision)  # fmt: skip
+        super().__init__(
+            device=device,
+            batch_size=batch_size,
+            flip_test=flip_test,
+            udp=udp,
+            shift_heatmap=shift_heatmap,
+            input_size=input_size,
+            heatmap_size=heatmap_size,
+            blur_kernel_size=blur_kernel_size,
+            precision=precision,
+        )
         self.weights = str(weights) if weights is not None else "random"
         self.version = f"{variant}/{'udp' if udp else 'msra'}"
         if weights is not None and not Path(weights).is_file():
@@ -107,6 +116,6 @@ class HRNetEstimator(TopDownEstimator):
             log.info("loaded HRNet weights from %s", path)
         self.model.to(device).eval()
 
-    def heatmaps(self, crops: "torch.Tensor") -> "torch.Tensor":
+    def heatmaps(self, crops: torch.Tensor) -> torch.Tensor:
         (features,) = self.model["backbone"](crops)  # [N, C, h/4, w/4]
         return self.model["final_layer"](features)  # [N, 17, h/4, w/4]

@@ -37,8 +37,9 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -47,15 +48,30 @@ from pose_extraction.estimators import EstimatorError, missing_weights_message
 log = logging.getLogger(__name__)
 
 COCO_KEYPOINTS = (
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
-    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
-    "right_knee", "left_ankle", "right_ankle",
-)  # fmt: skip
+    "nose",
+    "left_eye",
+    "right_eye",
+    "left_ear",
+    "right_ear",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_hip",
+    "right_hip",
+    "left_knee",
+    "right_knee",
+    "left_ankle",
+    "right_ankle",
+)
 PAD_MULTIPLE = 16  # OpenPifPaf's CenterPadTight(16): sides become 16 k + 1
 PAD_FILL = (124, 116, 104)  # its padding colour (RGB)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-INSTALL_HINT = ("run `make install-openpifpaf` (scripts/install_openpifpaf.sh builds openpifpaf-vita against "
-                "the venv's torch)")
+INSTALL_HINT = (
+    "run `make install-openpifpaf` (scripts/install_openpifpaf.sh builds openpifpaf-vita against the venv's torch)"
+)
 
 
 def import_openpifpaf() -> Any:
@@ -77,8 +93,9 @@ def import_openpifpaf() -> Any:
     except ImportError as exc:
         raise ImportError(f"the openpifpaf estimator needs the openpifpaf-vita package: {INSTALL_HINT}") from exc
     except Exception as exc:  # e.g. its C++ extension built against another torch
-        raise ImportError(f"openpifpaf is installed but does not load ({type(exc).__name__}: {exc}); "
-                          f"rebuild it: {INSTALL_HINT}") from exc  # fmt: skip
+        raise ImportError(
+            f"openpifpaf is installed but does not load ({type(exc).__name__}: {exc}); rebuild it: {INSTALL_HINT}"
+        ) from exc
     if logging.getLogger("openpifpaf").level == logging.NOTSET:
         logging.getLogger("openpifpaf").setLevel(logging.WARNING)  # it logs every frame's poses at INFO
     return openpifpaf
@@ -92,8 +109,9 @@ def pad_geometry(h: int, w: int, scale: float) -> tuple[int, int, int, int]:
     return sh, sw, (tw - sw) // 2, (th - sh) // 2
 
 
-def annotations_to_arrays(poses: Sequence[np.ndarray], *, offset: tuple[float, float],
-                          scale: float) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def annotations_to_arrays(
+    poses: Sequence[np.ndarray], *, offset: tuple[float, float], scale: float
+) -> tuple[np.ndarray, np.ndarray]:
     """OpenPifPaf poses [17, 3] (x, y, c) in network-input pixels -> ours in image pixels.
 
     Args:
@@ -139,17 +157,32 @@ class OpenPifPafEstimator:
     needs_weights = True
     name = "openpifpaf"
 
-    def __init__(self, *, weights: str | os.PathLike | None, device: str = "cpu", batch_size: int = 8,
-                 flip_test: bool = False, long_edge: int = 0, seed_threshold: float = 0.2,
-                 instance_threshold: float = 0.15, keypoint_threshold: float = 0.15, cif_threshold: float = 0.3,
-                 caf_threshold: float = 0.3, base_name: str = "shufflenetv2k16") -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        weights: str | os.PathLike | None,
+        device: str = "cpu",
+        batch_size: int = 8,
+        flip_test: bool = False,
+        long_edge: int = 0,
+        seed_threshold: float = 0.2,
+        instance_threshold: float = 0.15,
+        keypoint_threshold: float = 0.15,
+        cif_threshold: float = 0.3,
+        caf_threshold: float = 0.3,
+        base_name: str = "shufflenetv2k16",
+    ) -> None:
         if weights is not None and not Path(weights).is_file():
             raise EstimatorError(missing_weights_message(self.name, weights))
         if batch_size < 1 or long_edge < 0:
             raise EstimatorError(f"openpifpaf: need batch_size >= 1 and long_edge >= 0, got {batch_size}, {long_edge}")
         if keypoint_threshold > seed_threshold:
-            log.warning("openpifpaf: keypoint_threshold %.3g > seed_threshold %.3g; lowered to the seed threshold "
-                        "(as OpenPifPaf does)", keypoint_threshold, seed_threshold)  # fmt: skip
+            log.warning(
+                "openpifpaf: keypoint_threshold %.3g > seed_threshold %.3g; lowered to the seed threshold "
+                "(as OpenPifPaf does)",
+                keypoint_threshold,
+                seed_threshold,
+            )
             keypoint_threshold = seed_threshold
         self._opp = import_openpifpaf()
         import torch
@@ -158,14 +191,21 @@ class OpenPifPafEstimator:
         self.device = torch.device(device)
         self.batch_size, self.long_edge = batch_size, long_edge
         self.flip_test = False  # no flip test in OpenPifPaf's inference
-        self.thresholds = {"seed": seed_threshold, "instance": instance_threshold, "keypoint": keypoint_threshold,
-                           "cif": cif_threshold, "caf": caf_threshold}  # fmt: skip
+        self.thresholds = {
+            "seed": seed_threshold,
+            "instance": instance_threshold,
+            "keypoint": keypoint_threshold,
+            "cif": cif_threshold,
+            "caf": caf_threshold,
+        }
         net = self._load(weights, base_name)
         metas = net.head_metas
         if len(metas) < 2 or tuple(getattr(metas[0], "keypoints", ())) != COCO_KEYPOINTS:
-            raise EstimatorError(f"{weights}: not an OpenPifPaf COCO-17 keypoint model (heads "
-                                 f"{[getattr(m, 'name', m) for m in metas]}); use a cocokp checkpoint "
-                                 "such as shufflenetv2k16")  # fmt: skip
+            raise EstimatorError(
+                f"{weights}: not an OpenPifPaf COCO-17 keypoint model (heads "
+                f"{[getattr(m, 'name', m) for m in metas]}); use a cocokp checkpoint "
+                "such as shufflenetv2k16"
+            )
         self.model = net.to(self.device).eval()
         self.processor = self._opp.decoder.factory(metas)
         self.weights = Path(weights).name if weights is not None else "random"
@@ -181,13 +221,16 @@ class OpenPifPafEstimator:
         try:
             obj = torch.load(weights, map_location="cpu", weights_only=False)
         except Exception as exc:
-            raise EstimatorError(f"{weights}: cannot load as an OpenPifPaf checkpoint ({type(exc).__name__}: "
-                                 f"{exc})") from exc  # fmt: skip
+            raise EstimatorError(
+                f"{weights}: cannot load as an OpenPifPaf checkpoint ({type(exc).__name__}: {exc})"
+            ) from exc
         net = obj.get("model") if isinstance(obj, dict) else obj
         if not isinstance(net, opp.network.nets.Shell):
             kind = f"a dict with keys {sorted(obj)[:8]}" if isinstance(obj, dict) else type(obj).__name__
-            raise EstimatorError(f"{weights}: not an OpenPifPaf checkpoint (expected a pickled model or "
-                                 f"{{'model': model, ...}}, got {kind})")  # fmt: skip
+            raise EstimatorError(
+                f"{weights}: not an OpenPifPaf checkpoint (expected a pickled model or "
+                f"{{'model': model, ...}}, got {kind})"
+            )
         opp.network.model_migration.model_migration(net)  # older checkpoints -> this version's layout
         return net
 
@@ -220,8 +263,9 @@ class OpenPifPafEstimator:
         std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255.0
         return (out - mean) / std, (left, top), scale
 
-    def estimate(self, frames: list[np.ndarray], boxes: list[np.ndarray] | None = None, *,
-                 start_index: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    def estimate(
+        self, frames: list[np.ndarray], boxes: list[np.ndarray] | None = None, *, start_index: int = 0
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         """All persons in each frame.
 
         Args:

@@ -14,11 +14,28 @@ import time
 import numpy as np
 
 # A standing skeleton in a unit box (x right, y down), COCO-17 order.
-_TEMPLATE = np.array([
-    [0.50, 0.08], [0.53, 0.06], [0.47, 0.06], [0.56, 0.08], [0.44, 0.08],
-    [0.62, 0.22], [0.38, 0.22], [0.68, 0.38], [0.32, 0.38], [0.70, 0.52], [0.30, 0.52],
-    [0.58, 0.55], [0.42, 0.55], [0.60, 0.76], [0.40, 0.76], [0.60, 0.96], [0.40, 0.96],
-], dtype=np.float32)  # fmt: skip
+_TEMPLATE = np.array(
+    [
+        [0.50, 0.08],
+        [0.53, 0.06],
+        [0.47, 0.06],
+        [0.56, 0.08],
+        [0.44, 0.08],
+        [0.62, 0.22],
+        [0.38, 0.22],
+        [0.68, 0.38],
+        [0.32, 0.38],
+        [0.70, 0.52],
+        [0.30, 0.52],
+        [0.58, 0.55],
+        [0.42, 0.55],
+        [0.60, 0.76],
+        [0.40, 0.76],
+        [0.60, 0.96],
+        [0.40, 0.96],
+    ],
+    dtype=np.float32,
+)
 
 
 class StandInEstimator:
@@ -33,8 +50,9 @@ class StandInEstimator:
     def __init__(self, *, brightness_threshold: float = 8.0) -> None:
         self.brightness_threshold = brightness_threshold
 
-    def estimate(self, frames: list[np.ndarray], boxes: list[np.ndarray] | None = None, *,
-                 start_index: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    def estimate(
+        self, frames: list[np.ndarray], boxes: list[np.ndarray] | None = None, *, start_index: int = 0
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         delay = float(os.environ.get("RSA_EXTRACT_SLEEP", "0"))  # tests slow it down to kill it mid-video
         if delay:
             time.sleep(delay)

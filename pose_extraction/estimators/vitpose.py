@@ -36,8 +36,9 @@ def _transformers():
         import torch  # noqa: F401
         import transformers
     except ImportError as exc:
-        raise ImportError("the ViTPose estimator needs torch and transformers: "
-                          "pip install torch transformers safetensors") from exc  # fmt: skip
+        raise ImportError(
+            "the ViTPose estimator needs torch and transformers: pip install torch transformers safetensors"
+        ) from exc
     return transformers
 
 
@@ -74,27 +75,45 @@ class ViTPoseEstimator(TopDownEstimator):
         num_heads: int = 12,
         decoder: str = "classic",
     ) -> None:
-        super().__init__(device=device, batch_size=batch_size, flip_test=flip_test, udp=udp,
-                         shift_heatmap=shift_heatmap, input_size=input_size, heatmap_size=heatmap_size,
-                         blur_kernel_size=blur_kernel_size, precision=precision)  # fmt: skip
+        super().__init__(
+            device=device,
+            batch_size=batch_size,
+            flip_test=flip_test,
+            udp=udp,
+            shift_heatmap=shift_heatmap,
+            input_size=input_size,
+            heatmap_size=heatmap_size,
+            blur_kernel_size=blur_kernel_size,
+            precision=precision,
+        )
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         self.weights = str(weights) if weights is not None else "random"
         self.version = f"vitpose-{hidden_size}x{num_layers}-{decoder}/{'udp' if udp else 'msra'}"
-        self.model = self._build(weights, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
-                                 decoder=decoder).to(device).eval()  # fmt: skip
+        self.model = (
+            self._build(weights, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, decoder=decoder)
+            .to(device)
+            .eval()
+        )
 
     def config(self, *, hidden_size: int, num_layers: int, num_heads: int, decoder: str):
         """The transformers config of this architecture."""
         tf = _transformers()
         w, h = self.input_size
         backbone = tf.VitPoseBackboneConfig(
-            image_size=(h, w), patch_size=(16, 16), hidden_size=hidden_size, num_hidden_layers=num_layers,
-            num_attention_heads=num_heads, mlp_ratio=4, qkv_bias=True, layer_norm_eps=1e-6,
+            image_size=(h, w),
+            patch_size=(16, 16),
+            hidden_size=hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            mlp_ratio=4,
+            qkv_bias=True,
+            layer_norm_eps=1e-6,
             out_indices=[num_layers],
-        )  # fmt: skip
-        return tf.VitPoseConfig(backbone_config=backbone, num_labels=NUM_KEYPOINTS, scale_factor=4,
-                                use_simple_decoder=decoder == "simple")  # fmt: skip
+        )
+        return tf.VitPoseConfig(
+            backbone_config=backbone, num_labels=NUM_KEYPOINTS, scale_factor=4, use_simple_decoder=decoder == "simple"
+        )
 
     def _build(self, weights, *, hidden_size: int, num_layers: int, num_heads: int, decoder: str):
         tf = _transformers()
@@ -134,17 +153,18 @@ class ViTPoseEstimator(TopDownEstimator):
             "image_size": (tuple(got.backbone_config.image_size), tuple(want.backbone_config.image_size)),
             "out_indices": (list(got.backbone_config.out_indices), list(want.backbone_config.out_indices)),
             "num_experts": (got.backbone_config.num_experts, 1),
-        }  # fmt: skip
+        }
         diff = [f"{k}: directory {a!r} vs configured {b!r}" for k, (a, b) in fields.items() if a != b]
         bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
         diff += [f"{k}: {sorted(map(str, v))[:20]}" for k, v in bad.items()]
         if diff:
-            raise EstimatorError(f"{path}: the transformers model does not match the configured ViTPose:\n  "
-                                 + "\n  ".join(diff))  # fmt: skip
+            raise EstimatorError(
+                f"{path}: the transformers model does not match the configured ViTPose:\n  " + "\n  ".join(diff)
+            )
         if got.backbone_config.layer_norm_eps != 1e-6:
             log.warning("%s: layer_norm_eps %g (ViTPose uses 1e-6)", path, got.backbone_config.layer_norm_eps)
         log.info("loaded ViTPose transformers model from %s", path)
         return model.float()  # the file's dtype may be half; autocast handles speed on CUDA
 
-    def heatmaps(self, crops: "torch.Tensor") -> "torch.Tensor":
+    def heatmaps(self, crops: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=crops).heatmaps  # [N, 17, h/4, w/4]

@@ -11,6 +11,7 @@ joint embedding with the learnable mask token). Nothing here has parameters or g
 
 Random numbers come only from the optional `generator` (or torch's global RNG); seeds are set by the caller.
 """
+
 from __future__ import annotations
 
 import torch

@@ -11,6 +11,7 @@ The class-level loss lives in softmax-probability space of the classifier logits
 sample-level loss takes whichever embedding pair the caller chooses (logits at HEAD, the 2048-d hidden h as an
 ablation, §11.2).
 """
+
 from __future__ import annotations
 
 import logging
@@ -173,8 +174,10 @@ class ClassContrastLoss(nn.Module):
             nu = (members.t() @ probs) / count.clamp(min=1)[:, None]  # [C, C], row c = mean of P over the set
             anchor, other, w = centroids[keep], nu[keep], omega[keep]  # [K, C], [K, C], [K]
             term = adjusted_nt_xent(
-                torch.cat([anchor, anchor]), torch.cat([other, other]),  # [2K, C] each: lists duplicated
-                temperature=self.temperature, weight=torch.cat([w, w]),  # [2K]
+                torch.cat([anchor, anchor]),
+                torch.cat([other, other]),  # [2K, C] each: lists duplicated
+                temperature=self.temperature,
+                weight=torch.cat([w, w]),  # [2K]
             )
             loss = loss + (self.push_margin - term if push else term)
         return loss

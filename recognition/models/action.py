@@ -128,8 +128,9 @@ def build_action_model(
         raise KeyError(f"unknown preset {preset!r} for backbone {backbone!r}; valid: {sorted(backbone_cls.PRESETS)}")
     overrides = dict(dim_feat=dim_feat, dim_rep=dim_rep, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio)
     size = {**backbone_cls.PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
-    net = backbone_cls(**size, num_joints=num_joints, maxlen=maxlen, use_mask_token=use_mask_token,
-                       **(backbone_options or {}))  # fmt: skip
+    net = backbone_cls(
+        **size, num_joints=num_joints, maxlen=maxlen, use_mask_token=use_mask_token, **(backbone_options or {})
+    )
     head = ActionHead(
         num_classes=num_classes, dim_rep=size["dim_rep"], num_joints=num_joints, hidden_dim=hidden_dim, dropout=dropout
     )
@@ -139,4 +140,3 @@ def build_action_model(
 def count_state_numbers(model: nn.Module) -> int:
     """Numbers in the state dict (parameters and buffers, BN running stats included), as docs/method.md §14 counts."""
     return sum(t.numel() for t in model.state_dict().values())
-

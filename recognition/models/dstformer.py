@@ -70,8 +70,9 @@ class Attention(nn.Module):
             B, T = BT // seqlen, seqlen
             # 4-D [B·V, H, T, d], so the fused kernels (which take 4-D inputs) are eligible:
             # [B·T, H, V, d] -> [B, T, H, V, d] -> [B, V, H, T, d] -> [B·V, H, T, d]
-            q, k, v = (t.reshape(B, T, H, V, C // H).permute(0, 3, 2, 1, 4).reshape(B * V, H, T, C // H)
-                       for t in (q, k, v))  # fmt: skip
+            q, k, v = (
+                t.reshape(B, T, H, V, C // H).permute(0, 3, 2, 1, 4).reshape(B * V, H, T, C // H) for t in (q, k, v)
+            )
             out, attn = _attend(q, k, v, scale=self.scale, explicit=explicit)  # [B·V, H, T, d]
             # [B·V, H, T, d] -> [B, V, H, T, d] -> [B, T, V, H, d] -> [B·T, V, C]
             out = out.reshape(B, V, H, T, C // H).permute(0, 3, 1, 2, 4).reshape(BT, V, C)

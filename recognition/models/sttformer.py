@@ -53,8 +53,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-PAPER_BLOCKS = ((64, 64, 16), (64, 64, 16), (64, 128, 32), (128, 128, 32), (128, 256, 64),
-                (256, 256, 64), (256, 256, 64), (256, 256, 64))  # fmt: skip
+PAPER_BLOCKS = (
+    (64, 64, 16),
+    (64, 64, 16),
+    (64, 128, 32),
+    (128, 128, 32),
+    (128, 256, 64),
+    (256, 256, 64),
+    (256, 256, 64),
+    (256, 256, 64),
+)
 MASKCLR_BLOCKS = ((64, 64, 16), (64, 128, 32), (128, 256, 64), (256, 512, 128), (512, 512, 128))
 STTFORMER_PRESETS: dict[str, dict] = {
     "base": dict(blocks=PAPER_BLOCKS, dim_rep=512, num_heads=3, len_parts=6),
@@ -82,8 +90,9 @@ def conv_bn(c_in: int, c_out: int, kernel: tuple[int, int] = (1, 1)) -> nn.Seque
 class STABlock(nn.Module):
     """Tuples attention + FFN + inter-frame feature aggregation: [B, C_in, T', V'] → [B, C_out, T', V']."""
 
-    def __init__(self, *, c_in: int, c_out: int, qkv_dim: int, num_nodes: int, num_heads: int,
-                 kernel_size: tuple[int, int]) -> None:  # fmt: skip
+    def __init__(
+        self, *, c_in: int, c_out: int, qkv_dim: int, num_nodes: int, num_heads: int, kernel_size: tuple[int, int]
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.qkv_dim = qkv_dim
@@ -170,13 +179,15 @@ class STTFormer(nn.Module):
         self.explicit_attention = explicit_attention
 
         num_nodes = len_parts * num_joints
-        self.input_map = nn.Sequential(nn.Conv2d(dim_in, blocks[0][0], 1), nn.BatchNorm2d(blocks[0][0]),
-                                       nn.LeakyReLU(0.1))  # fmt: skip
+        self.input_map = nn.Sequential(
+            nn.Conv2d(dim_in, blocks[0][0], 1), nn.BatchNorm2d(blocks[0][0]), nn.LeakyReLU(0.1)
+        )
         self.blocks = nn.ModuleList(
-            STABlock(c_in=c_in, c_out=c_out, qkv_dim=qkv, num_nodes=num_nodes, num_heads=num_heads,
-                     kernel_size=kernel_size)
+            STABlock(
+                c_in=c_in, c_out=c_out, qkv_dim=qkv, num_nodes=num_nodes, num_heads=num_heads, kernel_size=kernel_size
+            )
             for c_in, c_out, qkv in blocks
-        )  # fmt: skip
+        )
         self.pre_logits = nn.Sequential()
         self.pre_logits.add_module("fc", nn.Linear(self.dim_feat, dim_rep))
         self.pre_logits.add_module("act", nn.Tanh())

@@ -156,10 +156,15 @@ class SkeletonTransformer(nn.Module):
         if use_mask_token:
             self.mask_token = nn.Parameter(torch.zeros(1, 1, 1, dim_feat))
         self.blocks = nn.ModuleList(
-            Block(dim=dim_feat, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                  residual_bug=faithful_residual_bug)
+            Block(
+                dim=dim_feat,
+                num_heads=num_heads,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                residual_bug=faithful_residual_bug,
+            )
             for _ in range(depth)
-        )  # fmt: skip
+        )
         self.norm = nn.LayerNorm(dim_feat, eps=LAYER_NORM_EPS)
         self.pre_logits = nn.Sequential()
         self.pre_logits.add_module("fc", nn.Linear(dim_feat, dim_rep))

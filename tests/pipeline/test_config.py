@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 import pytest
 
@@ -23,7 +24,7 @@ class Run:
     name: str = "x"
     faithful: bool = False
     mode: Literal["tcl", "cl"] = "tcl"
-    init: Optional[str] = None
+    init: str | None = None
     sigmas: tuple[float, ...] = (0.0, 0.01)
     optim: Optim = field(default_factory=Optim)
 
@@ -41,27 +42,30 @@ def test_defaults_yaml_and_overrides(tmp_path):
     assert cfg.epochs == 5 and cfg.mode == "cl"
     assert cfg.optim == Optim(lr_backbone=2e-4, lr_head=0.01)
     assert cfg.sigmas == (0.0, 0.5, 1.0) and isinstance(cfg.sigmas[0], float)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.epochs = 1  # frozen
     assert from_dict(Run, to_dict(cfg)) == cfg
     assert "lr_head: 0.01" in dump_yaml(to_dict(cfg))
 
 
-@pytest.mark.parametrize("text,overrides,match", [
-    ("epoch: 3\n", [], r"unknown config key 'epoch'; did you mean 'epochs'"),
-    ("optim:\n  lr_heads: 1\n", [], r"'optim.lr_heads'; did you mean 'lr_head'"),
-    ("", ["optim.lr_bakbone=1"], r"did you mean 'lr_backbone'"),
-    ("epochs: three\n", [], r"epochs: expected an int, got 'three'"),
-    ("epochs: 2.5\n", [], r"epochs: expected an int"),
-    ("faithful: 1\n", [], r"faithful: expected true/false"),
-    ("mode: simclr\n", [], r"mode: expected one of \['tcl', 'cl'\]"),
-    ("optim: 3\n", [], r"optim: expected a mapping"),
-    ("optim:\n  betas: [0.9]\n", [], r"betas: expected 2 items"),
-    ("- a\n- b\n", [], r"expected a mapping at the top level"),
-    ("epochs: [\n", [], r"invalid YAML"),
-    ("", ["epochs"], r"--set expects key=value"),
-    ("", ["epochs.x=1"], r"epochs"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text,overrides,match",
+    [
+        ("epoch: 3\n", [], r"unknown config key 'epoch'; did you mean 'epochs'"),
+        ("optim:\n  lr_heads: 1\n", [], r"'optim.lr_heads'; did you mean 'lr_head'"),
+        ("", ["optim.lr_bakbone=1"], r"did you mean 'lr_backbone'"),
+        ("epochs: three\n", [], r"epochs: expected an int, got 'three'"),
+        ("epochs: 2.5\n", [], r"epochs: expected an int"),
+        ("faithful: 1\n", [], r"faithful: expected true/false"),
+        ("mode: simclr\n", [], r"mode: expected one of \['tcl', 'cl'\]"),
+        ("optim: 3\n", [], r"optim: expected a mapping"),
+        ("optim:\n  betas: [0.9]\n", [], r"betas: expected 2 items"),
+        ("- a\n- b\n", [], r"expected a mapping at the top level"),
+        ("epochs: [\n", [], r"invalid YAML"),
+        ("", ["epochs"], r"--set expects key=value"),
+        ("", ["epochs.x=1"], r"epochs"),
+    ],
+)
 def test_errors(tmp_path, text, overrides, match):
     with pytest.raises(ConfigError, match=match):
         load_config(Run, _yaml(tmp_path, text), overrides)

@@ -32,26 +32,30 @@ def write(path, text):
 
 @pytest.fixture
 def kinetics_csvs(tmp_path):
-    train = write(tmp_path / "train.csv", K400_HEADER
-                  + "abseiling,---QUuC4vJs,84,94,train,0\n"
-                  + "air drumming,--nQbRBEz2s,104,114,train,0\n"
-                  + '"passing American football (in game)",-0MpAl5Swj0,2.0,12.0,train,1\n')
-    val = write(tmp_path / "validate.csv", K400_HEADER
-                + "zumba,--07WQ2iBlw,1,11,val,0\n"
-                + "abseiling,0347ZoDXyP0,23,33,val,0\n")  # fmt: skip
+    train = write(
+        tmp_path / "train.csv",
+        K400_HEADER
+        + "abseiling,---QUuC4vJs,84,94,train,0\n"
+        + "air drumming,--nQbRBEz2s,104,114,train,0\n"
+        + '"passing American football (in game)",-0MpAl5Swj0,2.0,12.0,train,1\n',
+    )
+    val = write(
+        tmp_path / "validate.csv",
+        K400_HEADER + "zumba,--07WQ2iBlw,1,11,val,0\n" + "abseiling,0347ZoDXyP0,23,33,val,0\n",
+    )
     return [train, val]
 
 
 @pytest.fixture
 def folder_csv(tmp_path):
-    return write(tmp_path / "labels.csv",
-                 "video,label,split\nrun_01.mp4,run,train\nwalk_01,walk,train\n"
-                 "jump_01.avi,jump,val\nrun_02,run,val\n")  # fmt: skip
+    return write(
+        tmp_path / "labels.csv",
+        "video,label,split\nrun_01.mp4,run,train\nwalk_01,walk,train\njump_01.avi,jump,val\nrun_02,run,val\n",
+    )
 
 
 def build(name, kinetics_csvs, folder_csv):
-    kwargs = {"kinetics400": {"csv_paths": kinetics_csvs},
-              "folder": {"labels_csv": folder_csv}}.get(name, {})  # fmt: skip
+    kwargs = {"kinetics400": {"csv_paths": kinetics_csvs}, "folder": {"labels_csv": folder_csv}}.get(name, {})
     return get_dataset(name, **kwargs)
 
 
@@ -90,19 +94,22 @@ def test_parse_ntu_name_and_label():
     assert NTU60().canonical_id("S001C002P003R002A013_rgb") == "S001C002P003R002A013"
 
 
-@pytest.mark.parametrize("dataset, vid, reason", [
-    (NTU60, "S001C002P003R002", "not an NTU name"),
-    (NTU60, "s001c002p003r002a013", "not an NTU name"),
-    (NTU60, "S001C002P003R002A013.avi", "not an NTU name"),
-    (NTU60, "S1C2P3R2A13", "not an NTU name"),
-    (NTU60, "S001C002P003R002A000", "action 0 outside 1-60"),
-    (NTU60, "S001C002P003R002A061", "action 61 outside 1-60"),
-    (NTU120, "S001C002P003R002A121", "action 121 outside 1-120"),
-    (NTU60, "S018C001P008R001A001", "setup 18 outside 1-17"),
-    (NTU60, "S001C004P001R001A001", "camera 4 outside 1-3"),
-    (NTU60, "S001C001P041R001A001", "performer 41 outside 1-40"),
-    (NTU120, "S001C001P001R003A001", "replication 3 outside 1-2"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "dataset, vid, reason",
+    [
+        (NTU60, "S001C002P003R002", "not an NTU name"),
+        (NTU60, "s001c002p003r002a013", "not an NTU name"),
+        (NTU60, "S001C002P003R002A013.avi", "not an NTU name"),
+        (NTU60, "S1C2P3R2A13", "not an NTU name"),
+        (NTU60, "S001C002P003R002A000", "action 0 outside 1-60"),
+        (NTU60, "S001C002P003R002A061", "action 61 outside 1-60"),
+        (NTU120, "S001C002P003R002A121", "action 121 outside 1-120"),
+        (NTU60, "S018C001P008R001A001", "setup 18 outside 1-17"),
+        (NTU60, "S001C004P001R001A001", "camera 4 outside 1-3"),
+        (NTU60, "S001C001P041R001A001", "performer 41 outside 1-40"),
+        (NTU120, "S001C001P001R003A001", "replication 3 outside 1-2"),
+    ],
+)
 def test_ntu_name_errors_name_the_id(dataset, vid, reason):
     with pytest.raises(UnknownVideoError, match=reason) as info:
         dataset().label(vid)
@@ -125,9 +132,14 @@ def test_ntu_label_names():
 def generated_ntu_names(setups):
     """All file names of the given setups: per setup its performers x cameras 1-3 x
     replications 1-2 x its 60 actions (A001-A060 in S001-S017, A061-A120 in S018-S032)."""
-    return [f"S{s:03d}C{c:03d}P{p:03d}R{r:03d}A{a:03d}" for s in setups
-            for p in datasets.NTU_SETUP_PERFORMERS[s] for c in (1, 2, 3) for r in (1, 2)
-            for a in (range(1, 61) if s <= 17 else range(61, 121))]  # fmt: skip
+    return [
+        f"S{s:03d}C{c:03d}P{p:03d}R{r:03d}A{a:03d}"
+        for s in setups
+        for p in datasets.NTU_SETUP_PERFORMERS[s]
+        for c in (1, 2, 3)
+        for r in (1, 2)
+        for a in (range(1, 61) if s <= 17 else range(61, 121))
+    ]
 
 
 def split_sizes(ds, names):
@@ -145,8 +157,12 @@ def test_ntu60_official_split_sizes():
     names = generated_ntu_names(range(1, 18))
     assert len(names) == len(set(names)) == 56_880
     assert sorted(names) == NTU60().expected_ids()
-    assert split_sizes(NTU60(), names) == {"xsub_train": 40_320, "xsub_val": 16_560,
-                                           "xview_train": 37_920, "xview_val": 18_960}
+    assert split_sizes(NTU60(), names) == {
+        "xsub_train": 40_320,
+        "xsub_val": 16_560,
+        "xview_train": 37_920,
+        "xview_val": 18_960,
+    }
     labels = Counter(NTU60().label(n) for n in names)
     assert sorted(labels) == list(range(60)) and set(labels.values()) == {948}
     performers = {p for s in range(1, 18) for p in datasets.NTU_SETUP_PERFORMERS[s]}
@@ -165,8 +181,12 @@ def test_ntu120_official_split_sizes():
     names = generated_ntu_names(range(1, 33))
     assert len(names) == len(set(names)) == 114_480
     assert sorted(names) == NTU120().expected_ids()
-    assert split_sizes(NTU120(), names) == {"xsub_train": 63_360, "xsub_val": 51_120,
-                                            "xset_train": 54_720, "xset_val": 59_760}
+    assert split_sizes(NTU120(), names) == {
+        "xsub_train": 63_360,
+        "xsub_val": 51_120,
+        "xset_train": 54_720,
+        "xset_val": 59_760,
+    }
     assert {NTU120().label(n) for n in names} == set(range(120))
     performers = {p for ps in datasets.NTU_SETUP_PERFORMERS.values() for p in ps}
     assert performers == set(range(1, 107))
@@ -194,8 +214,12 @@ def test_kinetics_clip_naming():
 
 def test_kinetics_labels_and_splits(kinetics_csvs):
     ds = Kinetics400(csv_paths=kinetics_csvs)
-    assert ds.label_names == ["abseiling", "air drumming", "passing American football (in game)",
-                              "zumba"]  # sorted alphabetically: the standard label map order
+    assert ds.label_names == [
+        "abseiling",
+        "air drumming",
+        "passing American football (in game)",
+        "zumba",
+    ]  # sorted alphabetically: the standard label map order
     assert ds.split_names == ("train", "val")
     assert ds.label("---QUuC4vJs_000084_000094") == 0
     assert ds.splits("---QUuC4vJs_000084_000094") == ("train",)
@@ -208,20 +232,22 @@ def test_kinetics_labels_and_splits(kinetics_csvs):
 
 
 def test_kinetics_unlabelled_test_rows(tmp_path):
-    csv = write(tmp_path / "test.csv", K400_HEADER + ",aaaaaaaaaaa,0,10,test,0\n"
-                + "zumba,bbbbbbbbbbb,0,10,train,0\n")  # fmt: skip
+    csv = write(tmp_path / "test.csv", K400_HEADER + ",aaaaaaaaaaa,0,10,test,0\n" + "zumba,bbbbbbbbbbb,0,10,train,0\n")
     ds = Kinetics400(csv_paths=[csv])
     assert ds.splits("aaaaaaaaaaa_000000_000010") == ("test",)
     with pytest.raises(UnknownVideoError, match="no label"):
         ds.label("aaaaaaaaaaa_000000_000010")
 
 
-@pytest.mark.parametrize("text, match", [
-    ("label,youtube_id,time_start,split\nzumba,a,1,train\n", r"missing column\(s\) \['time_end'\]"),
-    (K400_HEADER + "zumba,a,x,10,train,0\n", "must be numbers"),
-    (K400_HEADER + "zumba,a,0,10,holdout,0\n", "split 'holdout'"),
-    (K400_HEADER + "zumba,a,0,10,train,0\nyoga,a,0,10,train,0\n", "listed twice"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("label,youtube_id,time_start,split\nzumba,a,1,train\n", r"missing column\(s\) \['time_end'\]"),
+        (K400_HEADER + "zumba,a,x,10,train,0\n", "must be numbers"),
+        (K400_HEADER + "zumba,a,0,10,holdout,0\n", "split 'holdout'"),
+        (K400_HEADER + "zumba,a,0,10,train,0\nyoga,a,0,10,train,0\n", "listed twice"),
+    ],
+)
 def test_kinetics_csv_errors(tmp_path, text, match):
     csv = write(tmp_path / "bad.csv", text)
     with pytest.raises(DatasetError, match=match) as info:
@@ -272,13 +298,16 @@ def test_folder_without_split_column(tmp_path):
     assert ds.split_names == () and ds.splits("a") == ()
 
 
-@pytest.mark.parametrize("csv_text, classes, match", [
-    ("video,class\na,x\n", None, r"missing column\(s\) \['label'\]"),
-    ("video,label\na,x\na.mp4,y\n", None, "listed twice"),
-    ("video,label\na,\n", None, "empty video or label"),
-    ("video,label\na,x\nb,y\n", "x\n", r"does not list the class\(es\) \['y'\]"),
-    ("video,label\na,x\n", "x\nx\n", "listed twice"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "csv_text, classes, match",
+    [
+        ("video,class\na,x\n", None, r"missing column\(s\) \['label'\]"),
+        ("video,label\na,x\na.mp4,y\n", None, "listed twice"),
+        ("video,label\na,\n", None, "empty video or label"),
+        ("video,label\na,x\nb,y\n", "x\n", r"does not list the class\(es\) \['y'\]"),
+        ("video,label\na,x\n", "x\nx\n", "listed twice"),
+    ],
+)
 def test_folder_errors(tmp_path, csv_text, classes, match):
     labels = write(tmp_path / "labels.csv", csv_text)
     order = write(tmp_path / "order.txt", classes) if classes else None

@@ -119,8 +119,18 @@ def _doubling_list(levels: int) -> bytes:
 
 def _index_around(split_value: bytes) -> bytes:
     """{"split": {"xsub_train": <split_value>}, "annotations": []}."""
-    return (pickle.EMPTY_DICT + _str("split") + pickle.EMPTY_DICT + _str("xsub_train") + split_value
-            + pickle.SETITEM + pickle.SETITEM + _str("annotations") + pickle.EMPTY_LIST + pickle.SETITEM)  # fmt: skip
+    return (
+        pickle.EMPTY_DICT
+        + _str("split")
+        + pickle.EMPTY_DICT
+        + _str("xsub_train")
+        + split_value
+        + pickle.SETITEM
+        + pickle.SETITEM
+        + _str("annotations")
+        + pickle.EMPTY_LIST
+        + pickle.SETITEM
+    )
 
 
 def _cases(sentinel: str) -> dict[str, tuple[bytes, str]]:
@@ -130,32 +140,58 @@ def _cases(sentinel: str) -> dict[str, tuple[bytes, str]]:
     touch = _str(f"touch {sentinel}")
     return {
         # memory bombs through callables
-        "bytearray_count": (_pickle(_call(_global("builtins", "bytearray"), _int(big))),
-                            "refusing to load global builtins.bytearray"),
+        "bytearray_count": (
+            _pickle(_call(_global("builtins", "bytearray"), _int(big))),
+            "refusing to load global builtins.bytearray",
+        ),
         "bytes_count": (_pickle(_call(_global("__builtin__", "bytes"), _int(big))), "refusing bytes() with 1"),
         "int_from_str": (_pickle(_call(_global("builtins", "int"), _str("9" * 100))), "global builtins.int"),
         "complex": (_pickle(_call(_global("builtins", "complex"), _int(1))), "global builtins.complex"),
         "frozenset": (_pickle(_call(_global("builtins", "frozenset"), pickle.EMPTY_LIST)), "global builtins.frozenset"),
-        "array_huge_shape_tiny_buffer": (_pickle(_array((10**6, 10**6), _dtype("f4"), _bytes(b"abcd"))),
-                                         "refusing array state: shape with 1000000000000 elements"),
-        "array_shape_buffer_mismatch": (_pickle(_array((1000,), _dtype("f4"), _bytes(b"abcd"))),
-                                        "refusing array state: bytes"),
+        "array_huge_shape_tiny_buffer": (
+            _pickle(_array((10**6, 10**6), _dtype("f4"), _bytes(b"abcd"))),
+            "refusing array state: shape with 1000000000000 elements",
+        ),
+        "array_shape_buffer_mismatch": (
+            _pickle(_array((1000,), _dtype("f4"), _bytes(b"abcd"))),
+            "refusing array state: bytes",
+        ),
         "array_overflowing_shape": (_pickle(_array((2**62, 2**62), _dtype("f4"), _bytes(b""))), "elements"),
-        "reconstruct_huge_shape": (_pickle(_call(_global(MA, "_reconstruct"), _global("numpy", "ndarray"),
-                                                 _tuple(_int(10**10)), _bytes(b"b"))),
-                                   "refusing _reconstruct: shape with 10000000000"),
-        "reconstruct_object_typecode": (_pickle(_call(_global(MA, "_reconstruct"), _global("numpy", "ndarray"),
-                                                      _tuple(_int(0)), _bytes(b"O"))), "refusing _reconstruct("),
-        "frombuffer_huge_shape": (_pickle(_call(_global(NUMERIC, "_frombuffer"), _bytes(b"abcd"), _dtype("f4"),
-                                                _tuple(_int(10**9)), _str("C"))),
-                                  "refusing _frombuffer: shape with 1000000000"),
-        "scalar_wrong_size": (_pickle(_call(_global(MA, "scalar"), _dtype("f4"), _bytes(b"x" * 1000))),
-                              "refusing scalar(<f4, bytes"),
-        "encode_amplification": (_pickle(_str("x" * 1_000_000), _memo_put(0), pickle.POP, pickle.MARK,
-                                         *[_call(_global("_codecs", "encode"), _memo_get(0), _str("latin1"))] * 50,
-                                         pickle.LIST), "more than this file can hold"),
-        "encode_other_codec": (_pickle(_call(_global("_codecs", "encode"), _str("abc"), _str("unicode_escape"))),
-                               "refusing _codecs.encode("),
+        "reconstruct_huge_shape": (
+            _pickle(
+                _call(_global(MA, "_reconstruct"), _global("numpy", "ndarray"), _tuple(_int(10**10)), _bytes(b"b"))
+            ),
+            "refusing _reconstruct: shape with 10000000000",
+        ),
+        "reconstruct_object_typecode": (
+            _pickle(_call(_global(MA, "_reconstruct"), _global("numpy", "ndarray"), _tuple(_int(0)), _bytes(b"O"))),
+            "refusing _reconstruct(",
+        ),
+        "frombuffer_huge_shape": (
+            _pickle(
+                _call(_global(NUMERIC, "_frombuffer"), _bytes(b"abcd"), _dtype("f4"), _tuple(_int(10**9)), _str("C"))
+            ),
+            "refusing _frombuffer: shape with 1000000000",
+        ),
+        "scalar_wrong_size": (
+            _pickle(_call(_global(MA, "scalar"), _dtype("f4"), _bytes(b"x" * 1000))),
+            "refusing scalar(<f4, bytes",
+        ),
+        "encode_amplification": (
+            _pickle(
+                _str("x" * 1_000_000),
+                _memo_put(0),
+                pickle.POP,
+                pickle.MARK,
+                *[_call(_global("_codecs", "encode"), _memo_get(0), _str("latin1"))] * 50,
+                pickle.LIST,
+            ),
+            "more than this file can hold",
+        ),
+        "encode_other_codec": (
+            _pickle(_call(_global("_codecs", "encode"), _str("abc"), _str("unicode_escape"))),
+            "refusing _codecs.encode(",
+        ),
         # numpy dtype and state tricks
         "dtype_void_huge": (_pickle(_dtype("V2000000000")), "refusing dtype('V2000000000')"),
         "dtype_bytes_huge": (_pickle(_dtype("S2000000000")), "larger than this file can hold"),
@@ -163,76 +199,141 @@ def _cases(sentinel: str) -> dict[str, tuple[bytes, str]]:
         "dtype_structured": (_pickle(_dtype("f4,O")), "refusing dtype('f4,O')"),
         "dtype_datetime": (_pickle(_dtype("M8")), "refusing dtype('M8')"),
         # numpy segfaults on this one: an object array whose list is shorter than its shape
-        "object_array_short_list": (_pickle(_array((10**9,), _dtype("O8"), pickle.EMPTY_LIST + _int(1)
-                                                   + pickle.APPEND)), "refusing dtype('O8')"),
-        "dtype_flags_make_object": (_pickle(_array((2,), _dtype("f4", _dtype_state(flags=0x3F)), f4_raw)),
-                                    "refusing dtype state"),
-        "dtype_itemsize_on_numeric": (_pickle(_dtype("f4", _dtype_state(elsize=10**6, align=4))),
-                                      "refusing dtype state"),
-        "dtype_rebuilt_after_use": (_pickle(_dtype("S1", _dtype_state("|", 1, 1)), _memo_put(0),
-                                            _array((4,), _memo_get(0), _bytes(b"abcd")), pickle.POP,
-                                            _memo_get(0), _dtype_state("|", 10**6, 1), pickle.BUILD),
-                                    "refusing BUILD on dtype"),
-        "array_rebuilt": (_pickle(_array((2,), _dtype("f4"), f4_raw), _tuple(_int(1), _tuple(_int(2)),
-                                  _dtype("f4"), F, f4_raw), pickle.BUILD), "refusing BUILD on array"),
+        "object_array_short_list": (
+            _pickle(_array((10**9,), _dtype("O8"), pickle.EMPTY_LIST + _int(1) + pickle.APPEND)),
+            "refusing dtype('O8')",
+        ),
+        "dtype_flags_make_object": (
+            _pickle(_array((2,), _dtype("f4", _dtype_state(flags=0x3F)), f4_raw)),
+            "refusing dtype state",
+        ),
+        "dtype_itemsize_on_numeric": (
+            _pickle(_dtype("f4", _dtype_state(elsize=10**6, align=4))),
+            "refusing dtype state",
+        ),
+        "dtype_rebuilt_after_use": (
+            _pickle(
+                _dtype("S1", _dtype_state("|", 1, 1)),
+                _memo_put(0),
+                _array((4,), _memo_get(0), _bytes(b"abcd")),
+                pickle.POP,
+                _memo_get(0),
+                _dtype_state("|", 10**6, 1),
+                pickle.BUILD,
+            ),
+            "refusing BUILD on dtype",
+        ),
+        "array_rebuilt": (
+            _pickle(
+                _array((2,), _dtype("f4"), f4_raw),
+                _tuple(_int(1), _tuple(_int(2)), _dtype("f4"), F, f4_raw),
+                pickle.BUILD,
+            ),
+            "refusing BUILD on array",
+        ),
         "build_on_dict": (_pickle(pickle.EMPTY_DICT, pickle.EMPTY_DICT, pickle.BUILD), "refusing BUILD on dict"),
-        "setitem_on_array": (_pickle(_array((2,), _dtype("f4"), f4_raw), _int(0), _int(1), pickle.SETITEM),
-                             "refusing SETITEMS on array"),
-        "call_ndarray_class": (_pickle(_call(_global("numpy", "ndarray"), _tuple(_int(10**10)))),
-                               "refusing to call ndarray"),
-        "reconstruct_other_class": (_pickle(_call(_global(MA, "_reconstruct"), _global("numpy", "memmap"),
-                                                  _tuple(_int(0)), _bytes(b"b"))), "global numpy.memmap"),
-        "reconstruct_callable_as_class": (_pickle(_call(_global(MA, "_reconstruct"), _global("numpy", "dtype"),
-                                                        _tuple(_int(0)), _bytes(b"b"))), "refusing _reconstruct("),
+        "setitem_on_array": (
+            _pickle(_array((2,), _dtype("f4"), f4_raw), _int(0), _int(1), pickle.SETITEM),
+            "refusing SETITEMS on array",
+        ),
+        "call_ndarray_class": (
+            _pickle(_call(_global("numpy", "ndarray"), _tuple(_int(10**10)))),
+            "refusing to call ndarray",
+        ),
+        "reconstruct_other_class": (
+            _pickle(_call(_global(MA, "_reconstruct"), _global("numpy", "memmap"), _tuple(_int(0)), _bytes(b"b"))),
+            "global numpy.memmap",
+        ),
+        "reconstruct_callable_as_class": (
+            _pickle(_call(_global(MA, "_reconstruct"), _global("numpy", "dtype"), _tuple(_int(0)), _bytes(b"b"))),
+            "refusing _reconstruct(",
+        ),
         # code execution (the sentinel would appear)
         "os_system": (_pickle(_call(_global("os", "system"), touch)), "global os.system"),
         "posix_system": (_pickle(_call(_global("posix", "system"), touch)), "global posix.system"),
-        "builtins_eval": (_pickle(_call(_global("builtins", "eval"), _str(f"open({sentinel!r}, 'w')"))),
-                          "global builtins.eval"),
-        "builtins_getattr": (_pickle(_call(_global("builtins", "getattr"), _global("numpy", "ndarray"),
-                                           _str("__init__"))), "global builtins.getattr"),
-        "builtins_open": (_pickle(_call(_global("builtins", "open"), _str(sentinel), _str("w"))),
-                          "global builtins.open"),
-        "copyreg_reconstructor": (_pickle(_call(_global("copyreg", "_reconstructor"), _global("os", "system"))),
-                                  "global copyreg._reconstructor"),
+        "builtins_eval": (
+            _pickle(_call(_global("builtins", "eval"), _str(f"open({sentinel!r}, 'w')"))),
+            "global builtins.eval",
+        ),
+        "builtins_getattr": (
+            _pickle(_call(_global("builtins", "getattr"), _global("numpy", "ndarray"), _str("__init__"))),
+            "global builtins.getattr",
+        ),
+        "builtins_open": (
+            _pickle(_call(_global("builtins", "open"), _str(sentinel), _str("w"))),
+            "global builtins.open",
+        ),
+        "copyreg_reconstructor": (
+            _pickle(_call(_global("copyreg", "_reconstructor"), _global("os", "system"))),
+            "global copyreg._reconstructor",
+        ),
         "numpy_load": (_pickle(_call(_global("numpy", "load"), _str(sentinel))), "global numpy.load"),
-        "numpy_frombuffer": (_pickle(_call(_global("numpy", "frombuffer"), _bytes(b"abcd"))),
-                             "global numpy.frombuffer"),
+        "numpy_frombuffer": (
+            _pickle(_call(_global("numpy", "frombuffer"), _bytes(b"abcd"))),
+            "global numpy.frombuffer",
+        ),
         "inst_opcode": (_pickle(pickle.MARK, touch, pickle.INST + b"os\nsystem\n"), "refusing INST"),
         "obj_opcode": (_pickle(pickle.MARK, _global("numpy", "ndarray"), _int(10**10), pickle.OBJ), "refusing INST"),
-        "newobj_ndarray": (_pickle(_global("numpy", "ndarray"), _tuple(_tuple(_int(10**10))), pickle.NEWOBJ),
-                           "refusing INST"),
+        "newobj_ndarray": (
+            _pickle(_global("numpy", "ndarray"), _tuple(_tuple(_int(10**10))), pickle.NEWOBJ),
+            "refusing INST",
+        ),
         "ext_opcode": (_pickle(pickle.EXT1 + b"\x01"), "refusing INST"),
         # opcodes that declare huge lengths
-        "bytearray8_huge": (pickle.PROTO + b"\x05" + pickle.BYTEARRAY8 + struct.pack("<Q", big) + b"abcd.",
-                            "BYTEARRAY8 of 4000000000 bytes"),
-        "binbytes8_huge": (pickle.PROTO + b"\x04" + pickle.BINBYTES8 + struct.pack("<Q", big) + b"abcd.",
-                           "EOFError"),
-        "binunicode8_huge": (pickle.PROTO + b"\x04" + pickle.BINUNICODE8 + struct.pack("<Q", big) + b"abcd.",
-                             "EOFError"),
+        "bytearray8_huge": (
+            pickle.PROTO + b"\x05" + pickle.BYTEARRAY8 + struct.pack("<Q", big) + b"abcd.",
+            "BYTEARRAY8 of 4000000000 bytes",
+        ),
+        "binbytes8_huge": (pickle.PROTO + b"\x04" + pickle.BINBYTES8 + struct.pack("<Q", big) + b"abcd.", "EOFError"),
+        "binunicode8_huge": (
+            pickle.PROTO + b"\x04" + pickle.BINUNICODE8 + struct.pack("<Q", big) + b"abcd.",
+            "EOFError",
+        ),
         "long4_huge": (pickle.PROTO + b"\x02" + pickle.LONG4 + struct.pack("<i", 2**31 - 1) + b"abcd.", "EOFError"),
-        "frame_huge": (pickle.PROTO + b"\x04" + pickle.FRAME + struct.pack("<Q", 2**62) + N + pickle.STOP,
-                       "record: expected a dict"),
+        "frame_huge": (
+            pickle.PROTO + b"\x04" + pickle.FRAME + struct.pack("<Q", 2**62) + N + pickle.STOP,
+            "record: expected a dict",
+        ),
         "memo_index_huge": (_pickle(N, _memo_put(2**32 - 1)), "record: expected a dict"),
         "int_text_huge": (pickle.PROTO + b"\x02" + pickle.INT + b"9" * 1_000_000 + b"\n.", "ValueError"),
         # nesting, cycles, hashing and shared references
-        "deep_lists_on_stack": (_pickle(pickle.EMPTY_LIST * 100_000, pickle.APPEND * 99_999),
-                                "nested more than 100 deep"),
+        "deep_lists_on_stack": (
+            _pickle(pickle.EMPTY_LIST * 100_000, pickle.APPEND * 99_999),
+            "nested more than 100 deep",
+        ),
         "deep_lists_via_memo": (_pickle(_nested_via_memo(100_000)), "nested more than 100 deep"),
         "deep_tuples": (_pickle(N, pickle.TUPLE1 * 100_000), "nested more than 100 deep"),
         "mark_bomb": (_pickle(pickle.MARK * 100_000), "more than 100 open MARKs"),
-        "deep_tuple_as_key": (_pickle(pickle.EMPTY_DICT, N, pickle.TUPLE1 * 100_000, N, pickle.SETITEM),
-                              "refusing a dict key or set item tuple"),
-        "big_int_as_key": (_pickle(pickle.EMPTY_DICT, _int(2**8_000_000), N, pickle.SETITEM),
-                           "refusing a dict key or set item int <int of"),
-        "list_in_frozenset": (_pickle(pickle.MARK, pickle.EMPTY_LIST, pickle.FROZENSET, proto=4),
-                              "refusing a dict key or set item list"),
+        "deep_tuple_as_key": (
+            _pickle(pickle.EMPTY_DICT, N, pickle.TUPLE1 * 100_000, N, pickle.SETITEM),
+            "refusing a dict key or set item tuple",
+        ),
+        "big_int_as_key": (
+            _pickle(pickle.EMPTY_DICT, _int(2**8_000_000), N, pickle.SETITEM),
+            "refusing a dict key or set item int <int of",
+        ),
+        "list_in_frozenset": (
+            _pickle(pickle.MARK, pickle.EMPTY_LIST, pickle.FROZENSET, proto=4),
+            "refusing a dict key or set item list",
+        ),
         "cycle": (_pickle(pickle.EMPTY_LIST, _memo_put(0), _memo_get(0), pickle.APPEND), "contains itself"),
         "doubling_lists_as_split": (_pickle(_index_around(_doubling_list(60))), "a list of frame_dir str"),
-        "long_split_name": (_pickle(pickle.EMPTY_DICT, _str("split"), pickle.EMPTY_DICT, _str("n" * 1_000_000),
-                                    N, pickle.SETITEM, pickle.SETITEM, _str("annotations"), pickle.EMPTY_LIST,
-                                    pickle.SETITEM), "split['nnnn"),
-    }  # fmt: skip
+        "long_split_name": (
+            _pickle(
+                pickle.EMPTY_DICT,
+                _str("split"),
+                pickle.EMPTY_DICT,
+                _str("n" * 1_000_000),
+                N,
+                pickle.SETITEM,
+                pickle.SETITEM,
+                _str("annotations"),
+                pickle.EMPTY_LIST,
+                pickle.SETITEM,
+            ),
+            "split['nnnn",
+        ),
+    }
 
 
 CASES = list(_cases("/nonexistent"))
@@ -274,8 +375,15 @@ def _limit_memory() -> None:
 
 def _probe(path: Path) -> dict:
     """load_pickle + validation of `path` in a fresh interpreter: outcome, seconds, RSS."""
-    res = subprocess.run([sys.executable, "-c", _PROBE, str(path)], capture_output=True, text=True, cwd=REPO,
-                         env=_ENV, preexec_fn=_limit_memory, timeout=120)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=_ENV,
+        preexec_fn=_limit_memory,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads(res.stdout)
 
@@ -298,8 +406,7 @@ def _cli(path: Path, tmp: Path) -> tuple[int, str, str, float]:
     """`python -m pipeline validate path`: exit status, stdout, stderr, peak RSS in MB."""
     out, err = tmp / "cli.out", tmp / "cli.err"
     cmd = [sys.executable, "-c", _LAUNCHER, str(out), str(err), sys.executable, "-m", "pipeline", "validate", str(path)]
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=_ENV, preexec_fn=_limit_memory,
-                         timeout=120)  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=_ENV, preexec_fn=_limit_memory, timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
     usage = json.loads(res.stdout)
     return usage["rc"], out.read_text(), err.read_text(), usage["peak_mb"]
@@ -325,8 +432,12 @@ def test_hostile_pickle_fails_fast_and_small(tmp_path, case):
 
 def test_load_pickle_error_types(tmp_path):
     """Refusals are UnsafePickleError ("refusing ..."); broken or truncated files SchemaError."""
-    for case, cls in [("bytearray_count", UnsafePickleError), ("deep_tuples", UnsafePickleError),
-                      ("bytearray8_huge", SchemaError), ("int_text_huge", SchemaError)]:  # fmt: skip
+    for case, cls in [
+        ("bytearray_count", UnsafePickleError),
+        ("deep_tuples", UnsafePickleError),
+        ("bytearray8_huge", SchemaError),
+        ("int_text_huge", SchemaError),
+    ]:
         path = tmp_path / f"{case}.pkl"
         path.write_bytes(_cases(str(tmp_path / "pwned"))[case][0])
         with pytest.raises(cls) as err:
@@ -335,8 +446,25 @@ def test_load_pickle_error_types(tmp_path):
         assert (cls is SchemaError) != ("refusing" in str(err.value))
 
 
-@pytest.mark.parametrize("name", ["bytearray", "bytes", "set", "frozenset", "complex", "int", "float", "str",
-                                  "list", "dict", "tuple", "getattr", "type", "object"])  # fmt: skip
+@pytest.mark.parametrize(
+    "name",
+    [
+        "bytearray",
+        "bytes",
+        "set",
+        "frozenset",
+        "complex",
+        "int",
+        "float",
+        "str",
+        "list",
+        "dict",
+        "tuple",
+        "getattr",
+        "type",
+        "object",
+    ],
+)
 def test_builtin_callables_take_no_arguments(tmp_path, name):
     """Containers and scalars come from opcodes; of builtins only an argument-less bytes() stays."""
     path = tmp_path / "b.pkl"
@@ -359,11 +487,15 @@ def test_builtin_callables_take_no_arguments(tmp_path, name):
 def test_hand_built_arrays_load(tmp_path):
     """The builders above write what numpy writes: these load to the expected values."""
     raw = np.arange(6, dtype="<f4").tobytes()
-    body = (pickle.MARK + _array((2, 3), _dtype("f4"), _bytes(raw))
-            + _call(_global(NUMERIC, "_frombuffer"), _bytes(raw), _dtype("f4"), _tuple(_int(3), _int(2)), _str("F"))
-            + _call(_global(MA, "scalar"), _dtype("f2"), _bytes(np.float16(1.5).tobytes()))
-            + _array((2,), _dtype("U1", _dtype_state("<", 4, 4, 8)), _bytes("ab".encode("utf-32-le")))
-            + _array((0,), _dtype("f2"), _call(_global("__builtin__", "bytes"))) + pickle.LIST)  # fmt: skip
+    body = (
+        pickle.MARK
+        + _array((2, 3), _dtype("f4"), _bytes(raw))
+        + _call(_global(NUMERIC, "_frombuffer"), _bytes(raw), _dtype("f4"), _tuple(_int(3), _int(2)), _str("F"))
+        + _call(_global(MA, "scalar"), _dtype("f2"), _bytes(np.float16(1.5).tobytes()))
+        + _array((2,), _dtype("U1", _dtype_state("<", 4, 4, 8)), _bytes("ab".encode("utf-32-le")))
+        + _array((0,), _dtype("f2"), _call(_global("__builtin__", "bytes")))
+        + pickle.LIST
+    )
     path = tmp_path / "ok.pkl"
     path.write_bytes(_pickle(body))
     a, b, s, u, e = schema.load_pickle(path)
@@ -416,9 +548,13 @@ def test_pyskl_protocol2_numpy1_float16_index_loads(tmp_path):
 def test_every_protocol_loads(tmp_path, protocol):
     index = make_index(3)
     index["extra"] = {
-        "scalars": [np.float32(1.5), np.int64(-3), np.bool_(True)], "empty": np.zeros((0, 17)),
-        "bytes": [b"", b"xy"], "big": 10**30, "strs": np.array(["ab", "c"]), "be": np.ones(2, ">f8"),
-    }  # fmt: skip
+        "scalars": [np.float32(1.5), np.int64(-3), np.bool_(True)],
+        "empty": np.zeros((0, 17)),
+        "bytes": [b"", b"xy"],
+        "big": 10**30,
+        "strs": np.array(["ab", "c"]),
+        "be": np.ones(2, ">f8"),
+    }
     path = tmp_path / "p.pkl"
     path.write_bytes(pickle.dumps(index, protocol=protocol))
     back = schema.read_index(path)
@@ -430,8 +566,10 @@ def test_shared_array_is_validated_once(tmp_path):
     """5,000 records sharing one 680,000-value array: validation reads it once, not per record."""
     t = 20_000
     kp, sc = np.zeros((1, t, 17, 2), np.float32), np.zeros((1, t, 17), np.float32)
-    anns = [{"frame_dir": f"c{i}", "total_frames": t, "img_shape": (8, 8), "label": 0, "keypoint": kp,
-             "keypoint_score": sc} for i in range(5000)]  # fmt: skip
+    anns = [
+        {"frame_dir": f"c{i}", "total_frames": t, "img_shape": (8, 8), "label": 0, "keypoint": kp, "keypoint_score": sc}
+        for i in range(5000)
+    ]
     path = tmp_path / "shared.pkl"
     path.write_bytes(pickle.dumps({"split": {}, "annotations": anns}, protocol=4))
     assert path.stat().st_size < 5 * kp.nbytes

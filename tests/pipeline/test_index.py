@@ -7,31 +7,30 @@ import json
 
 import pytest
 
-from tests.helpers import make_record
 from pipeline import schema
 from pipeline.__main__ import main
 from pipeline.datasets import NTU60, FolderDataset, Kinetics400
 from pipeline.index import build_index, format_report, read_video_list
+from tests.helpers import make_record
 
-NTU_NAMES = ["S001C001P001R001A001", "S001C002P003R002A013", "S002C003P008R001A060",
-             "S003C001P015R002A007"]  # fmt: skip
+NTU_NAMES = ["S001C001P001R001A001", "S001C002P003R002A013", "S002C003P008R001A060", "S003C001P015R002A007"]
 
 
 def write_records(folder, names):
     folder.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(names):
-        schema.write_record(make_record(M=1 + i % 2, T=8 + i, seed=i, frame_dir=name),
-                            folder / f"{name}.pkl")  # fmt: skip
+        schema.write_record(make_record(M=1 + i % 2, T=8 + i, seed=i, frame_dir=name), folder / f"{name}.pkl")
     return folder
 
 
 @pytest.fixture
 def ntu_poses(tmp_path):
     poses = write_records(tmp_path / "poses", NTU_NAMES + ["not_an_ntu_video"])
-    failures = [{"video": "S001C001P002R001A002.avi", "error": "RuntimeError: decode failed"},
-                {"video": "S001C001P001R001A001", "error": "stale entry"}]  # fmt: skip
-    (poses / "failures.jsonl").write_text(
-        "\n".join(json.dumps(f) for f in failures) + "\nnot json\n", encoding="utf-8")
+    failures = [
+        {"video": "S001C001P002R001A002.avi", "error": "RuntimeError: decode failed"},
+        {"video": "S001C001P001R001A001", "error": "stale entry"},
+    ]
+    (poses / "failures.jsonl").write_text("\n".join(json.dumps(f) for f in failures) + "\nnot json\n", encoding="utf-8")
     return poses
 
 
@@ -55,8 +54,7 @@ def test_build_index_ntu60(ntu_poses, tmp_path):
     decode_failed = {"video": "S001C001P002R001A002", "error": "RuntimeError: decode failed"}
     assert report["failed"] == [decode_failed]
     assert report["failures_resolved"] == 1
-    assert report["failures_malformed"] == [
-        {"file": str(ntu_poses / "failures.jsonl"), "line": 3, "text": "not json"}]
+    assert report["failures_malformed"] == [{"file": str(ntu_poses / "failures.jsonl"), "line": 3, "text": "not json"}]
     assert report["expected"] == 56_880
     assert len(report["missing"]) == 56_880 - 4 - 1  # minus the records and the failed video
     assert "S001C001P002R001A002" not in report["missing"]
@@ -76,13 +74,12 @@ def test_video_list_restricts_and_reports(ntu_poses, tmp_path):
     videos = read_video_list(list_file)
     assert videos == ["S001C001P001R001A001_rgb", "S001C002P003R002A013", "S004C001P020R001A001"]
     index, report = build_index(poses_dir=ntu_poses, dataset=NTU60(), video_ids=videos)
-    assert [a["frame_dir"] for a in index["annotations"]] == [
-        "S001C001P001R001A001", "S001C002P003R002A013"]
+    assert [a["frame_dir"] for a in index["annotations"]] == ["S001C001P001R001A001", "S001C002P003R002A013"]
     assert report["expected"] == 3 and report["missing"] == ["S004C001P020R001A001"]
-    assert report["not_listed"] == ["S002C003P008R001A060", "S003C001P015R002A007",
-                                    "not_an_ntu_video"]  # fmt: skip
+    assert report["not_listed"] == ["S002C003P008R001A060", "S003C001P015R002A007", "not_an_ntu_video"]
     assert report["records_found"] == 5 and report["failed"] == [
-        {"video": "S001C001P002R001A002", "error": "RuntimeError: decode failed"}]
+        {"video": "S001C001P002R001A002", "error": "RuntimeError: decode failed"}
+    ]
 
 
 def test_video_folder_is_searched_recursively(tmp_path):
@@ -116,15 +113,16 @@ def test_shard_failure_logs_are_read(tmp_path):
         entry = {"video": f"/data/ntu/{name}_rgb.avi", "error": "OSError: unreadable"}
         (poses / f"failures.rank{rank}.jsonl").write_text(json.dumps(entry) + "\n")
     _, report = build_index(poses_dir=poses, dataset=NTU60())
-    assert [f["video"] for f in report["failed"]] == ["S001C001P002R001A002_rgb",
-                                                      "S001C001P003R001A003_rgb"]  # fmt: skip
+    assert [f["video"] for f in report["failed"]] == ["S001C001P002R001A002_rgb", "S001C001P003R001A003_rgb"]
     assert len(report["missing"]) == 56_880 - 3
 
 
 def test_kinetics_and_folder_index(tmp_path):
     csv = tmp_path / "val.csv"
-    csv.write_text("label,youtube_id,time_start,time_end,split,is_cc\n"
-                   "zumba,aaaaaaaaaaa,1,11,val,0\nabseiling,bbbbbbbbbbb,5,15,train,0\n")
+    csv.write_text(
+        "label,youtube_id,time_start,time_end,split,is_cc\n"
+        "zumba,aaaaaaaaaaa,1,11,val,0\nabseiling,bbbbbbbbbbb,5,15,train,0\n"
+    )
     poses = write_records(tmp_path / "k400", ["aaaaaaaaaaa_000001_000011"])
     index, report = build_index(poses_dir=poses, dataset=Kinetics400(csv_paths=[csv]))
     assert index["split"] == {"val": ["aaaaaaaaaaa_000001_000011"], "train": []}
@@ -146,8 +144,9 @@ def test_kinetics_and_folder_index(tmp_path):
 
 def test_cli_index_writes_and_reports(ntu_poses, tmp_path, capsys):
     out, rep = tmp_path / "out" / "ntu60.pkl", tmp_path / "report.json"
-    assert main(["index", "--poses", str(ntu_poses), "--dataset", "ntu60", "--out", str(out),
-                 "--report", str(rep)]) == 0  # fmt: skip
+    assert (
+        main(["index", "--poses", str(ntu_poses), "--dataset", "ntu60", "--out", str(out), "--report", str(rep)]) == 0
+    )
     captured = capsys.readouterr()
     assert captured.out.startswith("index: 4 clips, 4 classes, splits: xsub_train 3")
     assert "unlabelled: 1" in captured.err and "not_an_ntu_video" in captured.err
@@ -169,10 +168,8 @@ def test_cli_exit_codes(tmp_path, capsys):
     # dataset options: missing, misplaced, unknown dataset, absent folder
     assert main(["index", "--poses", str(empty), "--dataset", "folder", "--out", str(out)]) == 1
     assert "needs --labels" in capsys.readouterr().err
-    assert main(["index", "--poses", str(empty), "--dataset", "kinetics400",
-                 "--out", str(out)]) == 1  # fmt: skip
-    assert main(["index", "--poses", str(empty), "--dataset", "ntu60", "--labels", "l.csv",
-                 "--out", str(out)]) == 1  # fmt: skip
+    assert main(["index", "--poses", str(empty), "--dataset", "kinetics400", "--out", str(out)]) == 1
+    assert main(["index", "--poses", str(empty), "--dataset", "ntu60", "--labels", "l.csv", "--out", str(out)]) == 1
     assert "--dataset ntu60 takes no --labels" in capsys.readouterr().err
     absent = str(tmp_path / "absent")
     assert main(["index", "--poses", absent, "--dataset", "ntu60", "--out", str(out)]) == 1

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("pybullet")
 
-from pipeline import humanoid, mocap15  # noqa: E402
+from pipeline import humanoid  # noqa: E402
 from pipeline.mocap15 import (  # noqa: E402
     MOCAP15_CLASSES,
     Mocap15Config,
@@ -34,8 +34,7 @@ def index() -> dict:
 
 def _bone_lengths(points: np.ndarray, bones: list[tuple[int, int]]) -> np.ndarray:
     """[..., V, 3] -> [..., len(bones)]."""
-    return np.stack([np.linalg.norm(points[..., a, :] - points[..., b, :], axis=-1)
-                     for a, b in bones], axis=-1)  # fmt: skip
+    return np.stack([np.linalg.norm(points[..., a, :] - points[..., b, :], axis=-1) for a, b in bones], axis=-1)
 
 
 def test_deterministic_per_seed(index: dict) -> None:
@@ -148,8 +147,7 @@ def test_left_right_seen_from_the_front() -> None:
 
 def test_confidence_lower_when_facing_away(index: dict) -> None:
     info = index["mocap15"]["samples"]
-    nose = {fd: a["keypoint_score"][0, :, 0].mean() for fd, a in
-            ((a["frame_dir"], a) for a in index["annotations"])}  # fmt: skip
+    nose = {fd: a["keypoint_score"][0, :, 0].mean() for fd, a in ((a["frame_dir"], a) for a in index["annotations"])}
     front = [s for fd, s in nose.items() if abs(info[fd]["azimuth"]) < 45]
     back = [s for fd, s in nose.items() if abs(info[fd]["azimuth"]) > 135]
     assert front and back and np.mean(back) < np.mean(front) - 0.1

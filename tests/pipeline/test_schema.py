@@ -167,8 +167,9 @@ def test_pyskl_float16_pickle_validates(tmp_path):
     back = schema.read_index(path)
     assert back["annotations"][0]["keypoint"].dtype == np.float16
     assert back["annotations"][0]["raw_file"].endswith(".avi")
-    res = subprocess.run([sys.executable, "-m", "pipeline", "validate", str(path)],
-                         capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "pipeline", "validate", str(path)], capture_output=True, text=True, cwd=REPO
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.count("\n") == 1 and "4 clips" in res.stdout
 
@@ -205,8 +206,9 @@ def test_malicious_pickles_refused(tmp_path, kind):
     with pytest.raises(UnsafePickleError, match="refusing"):
         schema.load_pickle(path)
     assert not marker.exists()
-    res = subprocess.run([sys.executable, "-m", "pipeline", "validate", str(path)],
-                         capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "pipeline", "validate", str(path)], capture_output=True, text=True, cwd=REPO
+    )
     assert res.returncode != 0 and "refusing" in res.stderr
     assert not marker.exists()
 
@@ -289,16 +291,24 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
     return out
 
 
-@pytest.mark.parametrize("case,fragment", [
-    ("missing", "no such file"), ("directory", "a directory"), ("unknown clip", "unknown clip 'ghost'"),
-    ("nan", "NaN/inf"), ("negative frames", "total_frames"), ("wrong dtype", "keypoint_score.dtype"),
-    ("unreadable", "expected a pickle"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "case,fragment",
+    [
+        ("missing", "no such file"),
+        ("directory", "a directory"),
+        ("unknown clip", "unknown clip 'ghost'"),
+        ("nan", "NaN/inf"),
+        ("negative frames", "total_frames"),
+        ("wrong dtype", "keypoint_score.dtype"),
+        ("unreadable", "expected a pickle"),
+    ],
+)
 def test_validate_cli_errors_one_line(tmp_path, case, fragment):
     path = _bad_files(tmp_path)[case]
     before = sorted(p.name for p in tmp_path.iterdir())
-    res = subprocess.run([sys.executable, "-m", "pipeline", "validate", str(path)],
-                         capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "pipeline", "validate", str(path)], capture_output=True, text=True, cwd=REPO
+    )
     assert res.returncode == 1 and res.stdout == ""
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and str(path) in lines[0] and fragment in lines[0], res.stderr
@@ -320,13 +330,18 @@ def test_index_train_val_overlap(index):
     """A clip in <p>train and <p>val of one protocol is an error; protocols may share clips."""
     bad = copy.deepcopy(index)
     bad["split"]["xsub_val"].append(bad["split"]["xsub_train"][0])
-    with pytest.raises(SchemaError, match=r"^i\.pkl: split\['xsub_train'\] / split\['xsub_val'\]: expected disjoint "
-                                          r"train and val clips, got clip 'c000' in both$"):  # fmt: skip
+    with pytest.raises(
+        SchemaError,
+        match=r"^i\.pkl: split\['xsub_train'\] / split\['xsub_val'\]: expected disjoint "
+        r"train and val clips, got clip 'c000' in both$",
+    ):
         schema.validate_index(bad, source="i.pkl")
     assert index["split"]["xview_val"] == index["split"]["xsub_train"]  # make_index shares them
     schema.validate_index(index)
-    plain = {"split": {"train": ["c000", "c001", "c002"], "val": ["c002", "c001"]},
-             "annotations": copy.deepcopy(index["annotations"])}  # fmt: skip
+    plain = {
+        "split": {"train": ["c000", "c001", "c002"], "val": ["c002", "c001"]},
+        "annotations": copy.deepcopy(index["annotations"]),
+    }
     with pytest.raises(SchemaError, match=r"clip 'c002' in both \(and 1 more\)"):
         schema.validate_index(plain)
     with pytest.raises(SchemaError, match="disjoint"):
@@ -336,8 +351,11 @@ def test_index_train_val_overlap(index):
 def test_index_labels_within_label_names(index):
     schema.validate_index(dict(index, label_names=["a", "b", "c"]))
     bad = dict(index, label_names=["a", "b"])
-    with pytest.raises(SchemaError, match=r"^i\.pkl annotations\[2\] \[c002\]: label: expected an index into "
-                                          r"label_names \(< 2\), got int 2$"):  # fmt: skip
+    with pytest.raises(
+        SchemaError,
+        match=r"^i\.pkl annotations\[2\] \[c002\]: label: expected an index into "
+        r"label_names \(< 2\), got int 2$",
+    ):
         schema.validate_index(bad, source="i.pkl")
     for names in ("abc", ["a", 1, "c"], {"a": 0}):
         with pytest.raises(SchemaError, match="label_names: expected a list of class names"):
@@ -358,9 +376,16 @@ def test_error_messages_are_bounded(record):
         deep = [deep]
     for _ in range(60):
         laughs = [laughs, laughs]
-    cases = [dict(record, frame_dir=huge, total_frames=-1), dict(record, total_frames=2**100_000),
-             dict(record, fps=2**100_000), dict(record, label=huge), dict(record, img_shape=(huge, deep)),
-             dict(record, estimator=deep), dict(record, keypoint=laughs), [record] * 10**6]  # fmt: skip
+    cases = [
+        dict(record, frame_dir=huge, total_frames=-1),
+        dict(record, total_frames=2**100_000),
+        dict(record, fps=2**100_000),
+        dict(record, label=huge),
+        dict(record, img_shape=(huge, deep)),
+        dict(record, estimator=deep),
+        dict(record, keypoint=laughs),
+        [record] * 10**6,
+    ]
     for rec in cases:
         start = time.perf_counter()
         with pytest.raises(SchemaError) as err:
@@ -372,10 +397,13 @@ def test_error_messages_are_bounded(record):
     assert len(str(err.value)) < 400
 
 
-@pytest.mark.parametrize("case,fragment", [
-    ("overlap", "split['xsub_train'] / split['xsub_val']: expected disjoint train and val clips, got clip 'c000'"),
-    ("label", "annotations[2] [c002]: label: expected an index into label_names (< 2), got int 2"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "case,fragment",
+    [
+        ("overlap", "split['xsub_train'] / split['xsub_val']: expected disjoint train and val clips, got clip 'c000'"),
+        ("label", "annotations[2] [c002]: label: expected an index into label_names (< 2), got int 2"),
+    ],
+)
 def test_validate_cli_reports_index_errors(tmp_path, case, fragment):
     index = make_index(4)
     if case == "overlap":
@@ -384,8 +412,9 @@ def test_validate_cli_reports_index_errors(tmp_path, case, fragment):
         index["label_names"] = ["a", "b"]
     path = tmp_path / "i.pkl"
     path.write_bytes(pickle.dumps(index))
-    res = subprocess.run([sys.executable, "-m", "pipeline", "validate", str(path)],
-                         capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "pipeline", "validate", str(path)], capture_output=True, text=True, cwd=REPO
+    )
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 1 and res.stdout == "" and len(lines) == 1, res.stderr
     assert lines[0].startswith(f"error: {path}") and fragment in lines[0]

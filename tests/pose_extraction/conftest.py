@@ -53,13 +53,14 @@ def two_person_frames(t: int, size: tuple[int, int] = (H, W)) -> tuple[np.ndarra
         xs = (2 + (w - bw - 4) * i / max(t - 1, 1), w - bw - 2 - (w - bw - 4) * i / max(t - 1, 1))
         for p, (x, level, y) in enumerate(zip(xs, (230, 150), (6, 12))):
             x0 = int(round(x))
-            frames[i, y:y + bh, x0:x0 + bw] = level
+            frames[i, y : y + bh, x0 : x0 + bw] = level
             boxes[i, p] = (x0, y, x0 + bw, y + bh)
     return frames, boxes
 
 
-def write_video(path: Path, frames: np.ndarray, *, fps: float = FPS, fourcc: str = "mp4v",
-                is_color: bool = True) -> Path:  # fmt: skip
+def write_video(
+    path: Path, frames: np.ndarray, *, fps: float = FPS, fourcc: str = "mp4v", is_color: bool = True
+) -> Path:
     """Write RGB [T, H, W, 3] (or gray [T, H, W]) frames with cv2.VideoWriter."""
     cv2 = pytest.importorskip("cv2")
     h, w = frames.shape[1:3]
@@ -71,8 +72,15 @@ def write_video(path: Path, frames: np.ndarray, *, fps: float = FPS, fourcc: str
     return path
 
 
-def write_pyav_video(path: Path, frames: np.ndarray, *, fps: int = 10, codec: str = "mpeg4",
-                     pix_fmt: str = "yuv420p", options: dict | None = None) -> Path:  # fmt: skip
+def write_pyav_video(
+    path: Path,
+    frames: np.ndarray,
+    *,
+    fps: int = 10,
+    codec: str = "mpeg4",
+    pix_fmt: str = "yuv420p",
+    options: dict | None = None,
+) -> Path:
     """Write RGB [T, H, W, 3] or gray [T, H, W] frames with PyAV (skips the test without av)."""
     av = pytest.importorskip("av")
     with av.open(str(path), "w", options=options or {}) as container:
@@ -138,8 +146,7 @@ def gray_video(videos_dir) -> Path:
 def truncated_video(videos_dir) -> Path:
     """An MPEG-4 file with its index first (`faststart`), cut at 60 %: the header still
     promises 20 frames, only the first few are readable. Needs PyAV to write."""
-    full = write_pyav_video(videos_dir / "full_faststart.mp4", indexed_frames(20),
-                            options={"movflags": "faststart"})  # fmt: skip
+    full = write_pyav_video(videos_dir / "full_faststart.mp4", indexed_frames(20), options={"movflags": "faststart"})
     data = full.read_bytes()
     path = videos_dir / "truncated.mp4"
     path.write_bytes(data[: int(len(data) * 0.6)])

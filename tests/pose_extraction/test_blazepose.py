@@ -30,8 +30,10 @@ HAS_MEDIAPIPE = importlib.util.find_spec("mediapipe") is not None
 L_EYE, R_EYE, L_SHO, R_SHO, L_HIP, R_HIP, L_ANK, R_ANK = 1, 2, 5, 6, 11, 12, 15, 16
 
 needs_mediapipe = pytest.mark.skipif(
-    not HAS_MEDIAPIPE, reason=f"mediapipe is not importable in {sys.executable}: these run in .venv-mediapipe "
-    f"(through test_blazepose_in_its_venv, or `{MEDIAPIPE_PYTHON} -m pytest {Path(__file__).relative_to(REPO)}`)")
+    not HAS_MEDIAPIPE,
+    reason=f"mediapipe is not importable in {sys.executable}: these run in .venv-mediapipe "
+    f"(through test_blazepose_in_its_venv, or `{MEDIAPIPE_PYTHON} -m pytest {Path(__file__).relative_to(REPO)}`)",
+)
 
 
 # ----------------------------------------------------------------------------- any interpreter
@@ -39,9 +41,25 @@ needs_mediapipe = pytest.mark.skipif(
 
 def test_mapping_takes_coco_joints_from_blazepose_indices():
     # BlazePose's own names for the indices we take (mp.solutions.pose.PoseLandmark), in COCO order
-    names = ("NOSE", "LEFT_EYE", "RIGHT_EYE", "LEFT_EAR", "RIGHT_EAR", "LEFT_SHOULDER", "RIGHT_SHOULDER",
-             "LEFT_ELBOW", "RIGHT_ELBOW", "LEFT_WRIST", "RIGHT_WRIST", "LEFT_HIP", "RIGHT_HIP", "LEFT_KNEE",
-             "RIGHT_KNEE", "LEFT_ANKLE", "RIGHT_ANKLE")  # fmt: skip
+    names = (
+        "NOSE",
+        "LEFT_EYE",
+        "RIGHT_EYE",
+        "LEFT_EAR",
+        "RIGHT_EAR",
+        "LEFT_SHOULDER",
+        "RIGHT_SHOULDER",
+        "LEFT_ELBOW",
+        "RIGHT_ELBOW",
+        "LEFT_WRIST",
+        "RIGHT_WRIST",
+        "LEFT_HIP",
+        "RIGHT_HIP",
+        "LEFT_KNEE",
+        "RIGHT_KNEE",
+        "LEFT_ANKLE",
+        "RIGHT_ANKLE",
+    )
     expected = (0, 2, 5, 7, 8, 11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28)
     assert BLAZEPOSE_TO_COCO == expected
     if HAS_MEDIAPIPE:
@@ -105,9 +123,26 @@ def test_blazepose_in_its_venv():
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     # all but the tests that skip there by design (no pybullet in .venv-mediapipe; mediapipe present)
     here_only = "not test_blazepose_in_its_venv and not test_missing_mediapipe and not test_rendered_mocap"
-    proc = subprocess.run([str(MEDIAPIPE_PYTHON), "-m", "pytest", "-q", "-rs", "-s", str(Path(__file__)),
-                           "-k", here_only, "-p", "no:cacheprovider"], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=1200)  # fmt: skip
+    proc = subprocess.run(
+        [
+            str(MEDIAPIPE_PYTHON),
+            "-m",
+            "pytest",
+            "-q",
+            "-rs",
+            "-s",
+            str(Path(__file__)),
+            "-k",
+            here_only,
+            "-p",
+            "no:cacheprovider",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     tail = (proc.stdout + proc.stderr)[-6000:]
     assert proc.returncode == 0, tail
     summary = proc.stdout.strip().splitlines()[-1]
@@ -179,8 +214,10 @@ def test_bikes_hips_below_shoulders_and_ankles_below_hips(poses):
     found = [kp[0] for kp, _ in out if len(kp)]  # image y grows downwards
     hips_below = np.mean([k[[L_HIP, R_HIP], 1].mean() > k[[L_SHO, R_SHO], 1].mean() for k in found])
     ankles_below = np.mean([k[[L_ANK, R_ANK], 1].mean() > k[[L_HIP, R_HIP], 1].mean() for k in found])
-    print(f"\nbikes.mp4: person in {len(found)}/{len(out)} frames; hips below shoulders in {hips_below:.1%}, "
-          f"ankles below hips in {ankles_below:.1%} of them")  # fmt: skip
+    print(
+        f"\nbikes.mp4: person in {len(found)}/{len(out)} frames; hips below shoulders in {hips_below:.1%}, "
+        f"ankles below hips in {ankles_below:.1%} of them"
+    )
     assert len(found) >= 0.25 * len(out)
     assert hips_below > 0.5 and ankles_below > 0.5
 
@@ -190,8 +227,10 @@ def test_carphone_nose_between_the_eyes(poses):
     _, out = poses["carphone_pristine.mp4"]
     found = [kp[0] for kp, _ in out if len(kp)]
     between = np.mean([min(k[L_EYE, 0], k[R_EYE, 0]) < k[0, 0] < max(k[L_EYE, 0], k[R_EYE, 0]) for k in found])
-    print(f"\ncarphone_pristine.mp4: person in {len(found)}/{len(out)} frames; nose between the eyes in "
-          f"{between:.1%} of them")  # fmt: skip
+    print(
+        f"\ncarphone_pristine.mp4: person in {len(found)}/{len(out)} frames; nose between the eyes in "
+        f"{between:.1%} of them"
+    )
     assert len(found) >= 0.5 * len(out)
     assert between > 0.5
 
@@ -216,8 +255,12 @@ def test_extract_writes_a_single_person_record(clips, tmp_path):
     from pose_extraction.tracking import TrackingConfig
 
     cfg = PoseConfig(estimator="blazepose", tracking=TrackingConfig(max_persons=BlazePoseEstimator.max_persons))
-    summary = run_extract(VideoExtractor(cfg=cfg, estimator=BlazePoseEstimator(), detector=None),
-                          [clips["carphone_pristine.mp4"]], tmp_path, progress=False)  # fmt: skip
+    summary = run_extract(
+        VideoExtractor(cfg=cfg, estimator=BlazePoseEstimator(), detector=None),
+        [clips["carphone_pristine.mp4"]],
+        tmp_path,
+        progress=False,
+    )
     assert summary["extracted"] == 1 and summary["failed"] == 0
     rec = read_record(tmp_path / "carphone_pristine.pkl")
     assert rec["keypoint"].shape == (1, 120, 17, 2) and rec["img_shape"] == (144, 176)

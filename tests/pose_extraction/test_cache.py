@@ -98,7 +98,7 @@ def test_records_of_another_estimator_or_older_version_are_not_reused(tmp_path):
 
     write_record(rec, out / "a.pkl")
     res = extract(d, out, "--no-overwrite")
-    assert res.returncode == 1 and "settings.estimator \"blazepose\" -> \"standin\"" in res.stderr
+    assert res.returncode == 1 and 'settings.estimator "blazepose" -> "standin"' in res.stderr
     del rec["cache"]  # made before records carried a key
     write_record(rec, out / "a.pkl")
     res = extract(d, out, "--no-overwrite")
@@ -107,8 +107,10 @@ def test_records_of_another_estimator_or_older_version_are_not_reused(tmp_path):
     assert res.returncode == 0 and _extracting(res.stderr) == ["a.mp4"]
 
 
-@pytest.mark.parametrize("setting", ["chunk_size=0", "reader=ffmpeg", "batch_size=-1", "max_failures=-2",
-                                     "tracking.max_persons=0", "video_key=md5"])  # fmt: skip
+@pytest.mark.parametrize(
+    "setting",
+    ["chunk_size=0", "reader=ffmpeg", "batch_size=-1", "max_failures=-2", "tracking.max_persons=0", "video_key=md5"],
+)
 def test_bad_setting_is_one_error_before_any_video(tmp_path, setting):
     d = tmp_path / "v"
     d.mkdir()
@@ -163,10 +165,21 @@ def test_orphaned_temp_files_are_removed_live_ones_kept(tmp_path):
 
 def test_claim_is_exclusive_and_released_by_a_killed_holder(tmp_path):
     out = tmp_path
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from pose_extraction import cache\n"
-        "with cache.claim(Path(sys.argv[1]), 'v', wait=False) as got:\n"
-        "    print(got, flush=True); time.sleep(60)"), str(out)], cwd=REPO, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from pathlib import Path; from pose_extraction import cache\n"
+                "with cache.claim(Path(sys.argv[1]), 'v', wait=False) as got:\n"
+                "    print(got, flush=True); time.sleep(60)"
+            ),
+            str(out),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "True"
     with cache.claim(out, "v", wait=False) as got:
         assert got is False
@@ -183,8 +196,20 @@ def test_two_processes_on_one_folder_extract_each_video_once(tmp_path):
     for i in range(100):
         write_video(d / f"v{i:03d}.mp4", 4, size=(32, 24))
     out = tmp_path / "poses"
-    cmd = [sys.executable, "-m", "pose_extraction", "extract", "--estimator", "standin", "--videos", str(d),
-           "--out", str(out), "--device", "cpu"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pose_extraction",
+        "extract",
+        "--estimator",
+        "standin",
+        "--videos",
+        str(d),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     env = dict(os.environ, RSA_EXTRACT_SLEEP="0.01")
     procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     logs = [p.communicate(timeout=300)[1] for p in procs]
@@ -200,7 +225,23 @@ def test_two_processes_on_one_folder_extract_each_video_once(tmp_path):
 def test_soak_script_small():
     """bench/soak.py at a small size (two processes, kills every 1-3 s; the work takes each longer than
     3 s, so every first process is killed): every guarantee holds."""
-    res = subprocess.run([sys.executable, "bench/soak.py", "--videos", "60", "--kill-min", "1", "--kill-max", "3",
-                          "--per-video-sleep", "0.1"], cwd=REPO, capture_output=True, text=True, timeout=600)  # fmt: skip
+    res = subprocess.run(
+        [
+            sys.executable,
+            "bench/soak.py",
+            "--videos",
+            "60",
+            "--kill-min",
+            "1",
+            "--kill-max",
+            "3",
+            "--per-video-sleep",
+            "0.1",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     assert "all guarantees hold" in res.stdout and "SIGKILLed 0 " not in res.stdout

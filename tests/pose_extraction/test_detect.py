@@ -8,36 +8,49 @@ import logging
 import numpy as np
 import pytest
 
-from pose_extraction.detect import (PERSON_LABEL, WEIGHTS_FILENAME, BoxDetector, DetectorError, FnDetector,
-                                    PersonDetector, StaticDetector, check_detections,
-                                    filter_person_boxes)  # fmt: skip
+from pose_extraction.detect import (
+    PERSON_LABEL,
+    WEIGHTS_FILENAME,
+    BoxDetector,
+    DetectorError,
+    FnDetector,
+    PersonDetector,
+    StaticDetector,
+    check_detections,
+    filter_person_boxes,
+)
 from tests.pose_extraction.conftest import two_person_frames
 
 TINY = dict(min_size=48, max_size=64, rpn_post_nms_top_n_test=50)  # keeps a forward pass well under 1 s
 
 
 def test_filter_person_boxes_thresholds_clip_sort():
-    boxes = np.array([
-        [10, 10, 60, 90],     # person, 0.9, area 4000           -> kept
-        [0, 0, 30, 30],       # person, 0.95, area 900 < 1600   -> dropped (area)
-        [5, 5, 80, 80],       # label 3 (car), 0.99             -> dropped (class)
-        [20, 20, 70, 70],     # person, 0.49 < 0.5              -> dropped (score)
-        [-50, 40, 30, 120],   # person, 0.7, clipped to [0, 40, 30, 100]: area 1800 -> kept
-        [90, 0, 150, 60],     # person, 0.8, clipped to [90, 0, 100, 60]: area 600 -> dropped
-        [40, 40, 80, 80],     # person, exactly 0.5, area exactly 1600 -> kept (inclusive)
-    ], np.float32)  # fmt: skip
+    boxes = np.array(
+        [
+            [10, 10, 60, 90],  # person, 0.9, area 4000           -> kept
+            [0, 0, 30, 30],  # person, 0.95, area 900 < 1600   -> dropped (area)
+            [5, 5, 80, 80],  # label 3 (car), 0.99             -> dropped (class)
+            [20, 20, 70, 70],  # person, 0.49 < 0.5              -> dropped (score)
+            [-50, 40, 30, 120],  # person, 0.7, clipped to [0, 40, 30, 100]: area 1800 -> kept
+            [90, 0, 150, 60],  # person, 0.8, clipped to [90, 0, 100, 60]: area 600 -> dropped
+            [40, 40, 80, 80],  # person, exactly 0.5, area exactly 1600 -> kept (inclusive)
+        ],
+        np.float32,
+    )
     labels = np.array([1, 1, 3, 1, 1, 1, 1])
     scores = np.array([0.9, 0.95, 0.99, 0.49, 0.7, 0.8, 0.5], np.float32)
-    out_b, out_s = filter_person_boxes(boxes, labels, scores, image_size=(100, 100),
-                                       score_threshold=0.5, min_area=1600.0)  # fmt: skip
+    out_b, out_s = filter_person_boxes(
+        boxes, labels, scores, image_size=(100, 100), score_threshold=0.5, min_area=1600.0
+    )
     assert out_b.dtype == np.float32 and out_s.dtype == np.float32
     np.testing.assert_allclose(out_s, [0.9, 0.7, 0.5])  # sorted, highest first
     np.testing.assert_allclose(out_b, [[10, 10, 60, 90], [0, 40, 30, 100], [40, 40, 80, 80]])
 
 
 def test_filter_person_boxes_empty():
-    b, s = filter_person_boxes(np.zeros((0, 4)), np.zeros(0), np.zeros(0), image_size=(48, 64),
-                               score_threshold=0.5, min_area=0.0)  # fmt: skip
+    b, s = filter_person_boxes(
+        np.zeros((0, 4)), np.zeros(0), np.zeros(0), image_size=(48, 64), score_threshold=0.5, min_area=0.0
+    )
     assert b.shape == (0, 4) and s.shape == (0,) and b.dtype == np.float32
 
 
@@ -74,7 +87,7 @@ def test_fn_detector_counts_frames_across_chunks():
     det = FnDetector(lambda i, f: (gt[i], np.array([0.9, 0.8])))
     out = det.detect(list(frames[:5])) + det.detect(list(frames[5:]))  # two chunks
     assert len(out) == 12 and det.frames_seen == 12
-    for i, (boxes, scores) in enumerate(out):
+    for i, (boxes, _scores) in enumerate(out):
         np.testing.assert_array_equal(boxes, gt[i])
     det.reset()
     np.testing.assert_array_equal(det.detect(list(frames[:1]))[0][0], gt[0])
@@ -162,8 +175,8 @@ def test_weights_round_trip_strict(tmp_path, random_detector):
         det = PersonDetector(weights=tmp_path, score_threshold=0.0, min_area=0.0, **TINY)
         assert det.describe()["weights"] == WEIGHTS_FILENAME
         frames = list(two_person_frames(1)[0])
-        (b1, s1), = det.detect(frames)
-        (b2, s2), = random_detector.detect(frames)
+        ((b1, s1),) = det.detect(frames)
+        ((b2, s2),) = random_detector.detect(frames)
         np.testing.assert_allclose(b1, b2, atol=1e-3)
         np.testing.assert_allclose(s1, s2, atol=1e-5)
         sd = random_detector.model.state_dict()

@@ -38,18 +38,21 @@ TINY_HRNET = {"variant": "hrnet_w18_small"}
 FI = list(COCO_FLIP_INDICES)
 
 
-def randomize_(model: "torch.nn.Module", seed: int = 0) -> "torch.nn.Module":
+def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Random values in every parameter and BatchNorm statistic (positive variances)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, t in model.state_dict().items():
             if t.dtype.is_floating_point:
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5 if name.endswith("running_var")
-                        else torch.randn(t.shape, generator=g) * 0.05)  # fmt: skip
+                t.copy_(
+                    torch.rand(t.shape, generator=g) + 0.5
+                    if name.endswith("running_var")
+                    else torch.randn(t.shape, generator=g) * 0.05
+                )
     return model.eval()
 
 
-def crops(n: int = 2, seed: int = 0) -> "torch.Tensor":
+def crops(n: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 3, 256, 192, generator=torch.Generator().manual_seed(seed))
 
 
@@ -92,9 +95,11 @@ def test_registry_names_and_unknown_name():
 
 
 def test_importing_adapters_loads_no_heavy_dependency():
-    code = ("import sys, pose_extraction.topdown, pose_extraction.estimators, pose_extraction.estimators.convert, "
-            "pose_extraction.estimators.vitpose, pose_extraction.estimators.hrnet\n"
-            "bad = {'torch', 'transformers', 'timm'} & set(sys.modules)\nassert not bad, bad")  # fmt: skip
+    code = (
+        "import sys, pose_extraction.topdown, pose_extraction.estimators, pose_extraction.estimators.convert, "
+        "pose_extraction.estimators.vitpose, pose_extraction.estimators.hrnet\n"
+        "bad = {'torch', 'transformers', 'timm'} & set(sys.modules)\nassert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -130,8 +135,13 @@ def test_build_estimator_rejects_unknown_settings():
 
 def test_build_estimator_precedence():
     pytest.importorskip("transformers")
-    est = build_estimator("vitpose", weights=None, batch_size=3, flip_test=False,
-                          settings={**load_settings("vitpose"), **TINY_VIT, "batch_size": 7})  # fmt: skip
+    est = build_estimator(
+        "vitpose",
+        weights=None,
+        batch_size=3,
+        flip_test=False,
+        settings={**load_settings("vitpose"), **TINY_VIT, "batch_size": 7},
+    )
     assert est.batch_size == 3 and not est.flip_test and est.udp and est.weights == "random"
 
 
@@ -154,7 +164,7 @@ def vit_ref(request):
     return request.param, est.model, x, heat(est, x)
 
 
-def mmpose_vit_forward(sd: dict, x: "torch.Tensor", *, heads: int, decoder: str) -> "torch.Tensor":
+def mmpose_vit_forward(sd: dict, x: torch.Tensor, *, heads: int, decoder: str) -> torch.Tensor:
     """ViTPose written from mmpose's modules (mmpretrain ViT + HeatmapHead), on the mmpose-layout
     state dict: an independent check of the converter."""
     F = torch.nn.functional
@@ -173,8 +183,11 @@ def mmpose_vit_forward(sd: dict, x: "torch.Tensor", *, heads: int, decoder: str)
         y = (att @ qkv[2]).transpose(1, 2).reshape(n, -1, c)
         t = t + F.linear(y, sd[q + "attn.proj.weight"], sd[q + "attn.proj.bias"])
         y = F.layer_norm(t, (c,), sd[q + "ln2.weight"], sd[q + "ln2.bias"], eps=1e-6)
-        y = F.linear(F.gelu(F.linear(y, sd[q + "ffn.layers.0.0.weight"], sd[q + "ffn.layers.0.0.bias"])),
-                     sd[q + "ffn.layers.1.weight"], sd[q + "ffn.layers.1.bias"])  # fmt: skip
+        y = F.linear(
+            F.gelu(F.linear(y, sd[q + "ffn.layers.0.0.weight"], sd[q + "ffn.layers.0.0.bias"])),
+            sd[q + "ffn.layers.1.weight"],
+            sd[q + "ffn.layers.1.bias"],
+        )
         t = t + y
     t = F.layer_norm(t, (c,), sd[p + "ln1.weight"], sd[p + "ln1.bias"], eps=1e-6)
     t = t.transpose(1, 2).reshape(n, c, hp, wp)  # [N, C, 16, 12]
@@ -240,8 +253,9 @@ def test_mmpose_pos_embed_with_a_cls_slot_drops_it_like_mmpretrain(vit_ref, tmp_
 
     decoder, model, x, ref = vit_ref
     sd = vitpose_from_hf(model.state_dict(), "mmpose")
-    sd["backbone.pos_embed"] = torch.cat([torch.full_like(sd["backbone.pos_embed"][:, :1], 3.0),
-                                          sd["backbone.pos_embed"]], dim=1)  # fmt: skip
+    sd["backbone.pos_embed"] = torch.cat(
+        [torch.full_like(sd["backbone.pos_embed"][:, :1], 3.0), sd["backbone.pos_embed"]], dim=1
+    )
     est = vitpose(weights=save_pth(tmp_path / "cls.pth", sd), decoder=decoder)
     np.testing.assert_allclose(heat(est, x), ref, atol=1e-5)
 
@@ -292,8 +306,11 @@ def test_hrnet_official_layouts_load_strictly(hrnet_ref, layout, tmp_path):
     elif layout == "original":  # leoxiaobin's pose_hrnet_w32_256x192.pth: a bare state dict
         path = save_pth(tmp_path / "o.pth", hrnet_from_ours(sd, "original"), meta=False)
     else:  # DataParallel prefix, no num_batches_tracked (older torch)
-        legacy = {"module." + k: v for k, v in hrnet_from_ours(sd, "original").items()
-                  if not k.endswith("num_batches_tracked")}  # fmt: skip
+        legacy = {
+            "module." + k: v
+            for k, v in hrnet_from_ours(sd, "original").items()
+            if not k.endswith("num_batches_tracked")
+        }
         path = save_pth(tmp_path / "legacy.pth", legacy, meta=False)
     est = hrnet(weights=path)
     np.testing.assert_array_equal(heat(est, x), ref)
@@ -323,8 +340,9 @@ def test_hrnet_w32_key_set(tmp_path):
     from pose_extraction.estimators.hrnet import build_pose_hrnet
 
     model, dropped = build_pose_hrnet("hrnet_w32")
-    assert all(k.startswith(("stage4.2.fuse_layers.1.", "stage4.2.fuse_layers.2.", "stage4.2.fuse_layers.3."))
-               for k in dropped)  # fmt: skip
+    assert all(
+        k.startswith(("stage4.2.fuse_layers.1.", "stage4.2.fuse_layers.2.", "stage4.2.fuse_layers.3.")) for k in dropped
+    )
     assert len([k for k in dropped if not k.endswith("num_batches_tracked")]) == 65 and len(dropped) == 78
     assert model["final_layer"].in_channels == 32
     sd = hrnet_from_ours(model.state_dict(), "original")
@@ -463,7 +481,7 @@ def test_vitpose_mirrored_image_gives_mirrored_keypoints(monkeypatch):
     # mmpose's decoder: the mirrored image's keypoints are the original's decoded with the
     # mixed derivative from the other diagonal, and that is the only difference
     monkeypatch.setattr(topdown, "refine_keypoints_dark_udp", mirrored_dark)
-    (akp, _), = est.estimate([frame], [boxes])
+    ((akp, _),) = est.estimate([frame], [boxes])
     np.testing.assert_allclose(_mirror_back(mkp, w)[seen], akp[seen], atol=1e-3)
     assert np.abs(akp - kp)[seen].max() > 1e-3  # ... and it is a real difference
 
@@ -488,19 +506,35 @@ def test_image_cli_with_boxes_official_layout(name, tmp_path):
     est = vitpose(decoder="classic") if name == "vitpose" else hrnet()
     randomize_(est.model, seed=6)
     sd = est.model.state_dict()
-    ck = save_pth(tmp_path / f"{name}.pth", vitpose_from_hf(sd, "mmpose") if name == "vitpose"
-                  else hrnet_from_ours(sd, "mmpose"))  # fmt: skip
+    ck = save_pth(
+        tmp_path / f"{name}.pth", vitpose_from_hf(sd, "mmpose") if name == "vitpose" else hrnet_from_ours(sd, "mmpose")
+    )
     settings = {**load_settings(name), **(TINY_VIT if name == "vitpose" else TINY_HRNET)}  # ViTPose: classic decoder
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({k: list(v) if isinstance(v, tuple) else v
-                                                        for k, v in settings.items()}))  # fmt: skip
+    (tmp_path / "tiny.yaml").write_text(
+        yaml.safe_dump({k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()})
+    )
     rng = np.random.default_rng(7)
     cv2.imwrite(str(tmp_path / "img.png"), rng.integers(0, 256, (240, 320, 3), dtype=np.uint8))
     boxes = np.array([[100, 40, 200, 170], [20, 120, 90, 235], [250, 10, 318, 60]], np.float32)
     out = tmp_path / "kp.json"
-    argv = ["image", str(tmp_path / "img.png"), "--estimator", name, "--weights", str(ck), "--device", "cpu",
-            "--boxes", ";".join(",".join(str(v) for v in b) for b in boxes), "--out", str(out),
-            "--set", f"estimator_settings={tmp_path / 'tiny.yaml'}",
-            "--set", f"detector.weights={tmp_path / 'no-detector.pth'}"]  # fmt: skip
+    argv = [
+        "image",
+        str(tmp_path / "img.png"),
+        "--estimator",
+        name,
+        "--weights",
+        str(ck),
+        "--device",
+        "cpu",
+        "--boxes",
+        ";".join(",".join(str(v) for v in b) for b in boxes),
+        "--out",
+        str(out),
+        "--set",
+        f"estimator_settings={tmp_path / 'tiny.yaml'}",
+        "--set",
+        f"detector.weights={tmp_path / 'no-detector.pth'}",
+    ]
     assert main(argv) == 0
     res = json.loads(out.read_text())
     assert res["estimator"] == name and len(res["persons"]) == len(boxes)
@@ -518,7 +552,8 @@ def test_image_cli_with_boxes_official_layout(name, tmp_path):
         assert ((kp >= lo) & (kp <= hi)).all(axis=-1)[seen].all(), (kp, c, s)
     # the same numbers as the estimator API on the same weights
     ref, _ = (vitpose(weights=ck, decoder="classic") if name == "vitpose" else hrnet(weights=ck)).estimate(
-        [cv2.cvtColor(cv2.imread(str(tmp_path / "img.png")), cv2.COLOR_BGR2RGB)], [boxes])[0]
+        [cv2.cvtColor(cv2.imread(str(tmp_path / "img.png")), cv2.COLOR_BGR2RGB)], [boxes]
+    )[0]
     np.testing.assert_allclose(np.array([p["keypoints"] for p in res["persons"]]), ref, atol=1e-4)
 
 
@@ -526,21 +561,51 @@ def test_image_cli_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
     from pose_extraction.__main__ import main
 
     (tmp_path / "broken.png").write_bytes(b"not an image")
-    rc = main(["image", str(tmp_path / "broken.png"), "--estimator", "vitpose", "--boxes", "0,0,10,10",
-               "--out", str(tmp_path / "o.json")])  # fmt: skip
+    rc = main(
+        [
+            "image",
+            str(tmp_path / "broken.png"),
+            "--estimator",
+            "vitpose",
+            "--boxes",
+            "0,0,10,10",
+            "--out",
+            str(tmp_path / "o.json"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and "broken.png: cannot read image" in err[0]
     assert not (tmp_path / "o.json").exists()
     import cv2
 
     cv2.imwrite(str(tmp_path / "ok.png"), np.zeros((40, 60, 3), np.uint8))
-    rc = main(["image", str(tmp_path / "ok.png"), "--estimator", "vitpose", "--boxes", "1,2,3",
-               "--out", str(tmp_path / "o.json")])  # fmt: skip
+    rc = main(
+        [
+            "image",
+            str(tmp_path / "ok.png"),
+            "--estimator",
+            "vitpose",
+            "--boxes",
+            "1,2,3",
+            "--out",
+            str(tmp_path / "o.json"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and "--boxes expects x1,y1,x2,y2" in err[0]
     monkeypatch.setenv("RSA_WEIGHTS_DIR", str(tmp_path / "empty-cache"))
-    rc = main(["image", str(tmp_path / "ok.png"), "--estimator", "vitpose", "--boxes", "1,2,30,30",
-               "--out", str(tmp_path / "o.json")])  # fmt: skip
+    rc = main(
+        [
+            "image",
+            str(tmp_path / "ok.png"),
+            "--estimator",
+            "vitpose",
+            "--boxes",
+            "1,2,30,30",
+            "--out",
+            str(tmp_path / "o.json"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and "make weights ESTIMATOR=vitpose" in err[0]
     assert not (tmp_path / "o.json").exists()
@@ -551,8 +616,12 @@ def test_batched_equals_per_frame_and_outputs_are_valid(name):
     est = vitpose(batch_size=3) if name == "vitpose" else hrnet(batch_size=3)
     rng = np.random.default_rng(1)
     frames = [rng.integers(0, 256, (120 + 10 * i, 160, 3), dtype=np.uint8) for i in range(4)]
-    boxes = [np.array([[10, 5, 70, 100], [50, 20, 150, 110]], np.float32), np.zeros((0, 4), np.float32),
-             np.array([[0, 0, 160, 140]], np.float32), np.array([[30, 40, 90, 120]] * 3, np.float32)]  # fmt: skip
+    boxes = [
+        np.array([[10, 5, 70, 100], [50, 20, 150, 110]], np.float32),
+        np.zeros((0, 4), np.float32),
+        np.array([[0, 0, 160, 140]], np.float32),
+        np.array([[30, 40, 90, 120]] * 3, np.float32),
+    ]
     batched = est.estimate(frames, boxes)
     for (kp, sc), frame, b in zip(batched, frames, boxes):
         assert kp.shape == (len(b), 17, 2) and sc.shape == (len(b), 17)

@@ -47,8 +47,21 @@ def videos(tmp_path) -> Path:
 
 
 def extract(videos: Path, out: Path, *extra: str, env=None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "pose_extraction", "extract", "--estimator", "standin", "--videos", str(videos),
-           "--out", str(out), "--device", "cpu", *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pose_extraction",
+        "extract",
+        "--estimator",
+        "standin",
+        "--videos",
+        str(videos),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        *extra,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env or os.environ.copy(), timeout=300)
 
 
@@ -79,9 +92,26 @@ def test_kill_mid_video_leaves_no_partial_record(tmp_path):
     write_video(d / "long.mp4", 400)
     out = tmp_path / "poses"
     env = dict(os.environ, RSA_EXTRACT_SLEEP="0.05")  # the stand-in sleeps per chunk: time to kill it
-    proc = subprocess.Popen([sys.executable, "-m", "pose_extraction", "extract", "--estimator", "standin",
-                             "--videos", str(d), "--out", str(out), "--set", "chunk_size=8"],
-                            cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pose_extraction",
+            "extract",
+            "--estimator",
+            "standin",
+            "--videos",
+            str(d),
+            "--out",
+            str(out),
+            "--set",
+            "chunk_size=8",
+        ],
+        cwd=REPO,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while not (out / "a.pkl").exists() and time.time() < deadline:
         time.sleep(0.05)
@@ -110,9 +140,27 @@ def test_shards_and_torchrun_split_the_work(tmp_path):
     if not torchrun.exists():
         pytest.skip("torchrun not installed")
     out2 = tmp_path / "poses2"
-    res = subprocess.run([str(torchrun), "--nproc_per_node=2", "--master_port=29541", "-m", "pose_extraction",
-                          "-v", "extract", "--estimator", "standin", "--videos", str(d), "--out", str(out2)],
-                         capture_output=True, text=True, cwd=REPO, timeout=300)  # fmt: skip
+    res = subprocess.run(
+        [
+            str(torchrun),
+            "--nproc_per_node=2",
+            "--master_port=29541",
+            "-m",
+            "pose_extraction",
+            "-v",
+            "extract",
+            "--estimator",
+            "standin",
+            "--videos",
+            str(d),
+            "--out",
+            str(out2),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert sorted(p.name for p in out2.glob("*.pkl")) == [f"v{i}.pkl" for i in range(5)]
     lines = [ln for ln in res.stderr.splitlines() if "frames," in ln and "persons kept" in ln]
@@ -124,7 +172,21 @@ def test_missing_paths_in_list_and_unknown_estimator(tmp_path):
     lst.write_text(f"{tmp_path / 'nope.mp4'}\n")
     res = extract(lst, tmp_path / "o")
     assert res.returncode == 1 and "nope.mp4" in res.stderr
-    res = subprocess.run([sys.executable, "-m", "pose_extraction", "extract", "--estimator", "bogus",
-                          "--videos", str(tmp_path), "--out", str(tmp_path / "o")],
-                         capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pose_extraction",
+            "extract",
+            "--estimator",
+            "bogus",
+            "--videos",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert res.returncode == 1 and "bogus" in res.stderr

@@ -26,8 +26,13 @@ from pose_extraction.estimators.openpifpaf import (
     pad_geometry,
 )
 
-ZERO_THRESHOLDS = {"seed_threshold": 0.0, "instance_threshold": 0.0, "keypoint_threshold": 0.0,
-                   "cif_threshold": 0.0, "caf_threshold": 0.0}  # fmt: skip
+ZERO_THRESHOLDS = {
+    "seed_threshold": 0.0,
+    "instance_threshold": 0.0,
+    "keypoint_threshold": 0.0,
+    "cif_threshold": 0.0,
+    "caf_threshold": 0.0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -101,13 +106,14 @@ def test_missing_checkpoint_names_the_make_target(weights_cache, tmp_path):
         OpenPifPafEstimator(weights=tmp_path / "nope.pkl")
 
 
-def test_cli_extract_without_checkpoint_names_the_make_target(weights_cache, two_person_video, tmp_path,
-                                                              capsys):  # fmt: skip
+def test_cli_extract_without_checkpoint_names_the_make_target(weights_cache, two_person_video, tmp_path, capsys):
     from pose_extraction.__main__ import main
 
     path, _ = two_person_video
-    assert main(["extract", "--estimator", "openpifpaf", "--videos", str(path.parent), "--out",
-                 str(tmp_path / "out")]) == 1  # fmt: skip
+    assert (
+        main(["extract", "--estimator", "openpifpaf", "--videos", str(path.parent), "--out", str(tmp_path / "out")])
+        == 1
+    )
     assert "make weights ESTIMATOR=openpifpaf" in capsys.readouterr().err
 
 
@@ -139,8 +145,9 @@ def test_checkpoint_loads_through_the_cache_and_extract_writes_a_record(
     est = build_estimator("openpifpaf", weights=cached, device="cpu", batch_size=4, settings=ZERO_THRESHOLDS)
     video, _ = two_person_video
     cfg = PoseConfig(estimator="openpifpaf", device="cpu")
-    summary = run_extract(VideoExtractor(cfg=cfg, estimator=est, detector=None), [video], tmp_path / "out",
-                          progress=False)  # fmt: skip
+    summary = run_extract(
+        VideoExtractor(cfg=cfg, estimator=est, detector=None), [video], tmp_path / "out", progress=False
+    )
     assert summary["extracted"] == 1 and summary["failed"] == 0
     rec = read_record(tmp_path / "out" / f"{video.stem}.pkl")
     M = rec["keypoint"].shape[0]

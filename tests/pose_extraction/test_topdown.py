@@ -61,16 +61,18 @@ def _mmpose_style_warp(center, scale, output_size):
     """mmpose's get_warp_matrix (rot 0, shift 0) from its three point pairs, via cv2."""
     src_w, (dst_w, dst_h) = scale[0], output_size
     src = np.float32([center, center + [0, -0.5 * src_w], center + [-0.5 * src_w, -0.5 * src_w]])
-    dst = np.float32([[dst_w / 2, dst_h / 2], [dst_w / 2, dst_h / 2 - dst_w / 2],
-                      [dst_w / 2 - dst_w / 2, dst_h / 2 - dst_w / 2]])  # fmt: skip
+    dst = np.float32(
+        [[dst_w / 2, dst_h / 2], [dst_w / 2, dst_h / 2 - dst_w / 2], [dst_w / 2 - dst_w / 2, dst_h / 2 - dst_w / 2]]
+    )
     return cv2.getAffineTransform(src, dst)
 
 
 def test_plain_warp_matches_mmpose_three_point_construction():
     for center, scale in (((50.0, 60.0), (93.75, 125.0)), ((317.3, 92.1), (240.0, 320.0))):
         c, s = np.array(center), np.array(scale)
-        np.testing.assert_allclose(get_warp_matrix(c, s, (IN_W, IN_H)), _mmpose_style_warp(c, s, (IN_W, IN_H)),
-                                   atol=1e-4)  # fmt: skip
+        np.testing.assert_allclose(
+            get_warp_matrix(c, s, (IN_W, IN_H)), _mmpose_style_warp(c, s, (IN_W, IN_H)), atol=1e-4
+        )
 
 
 def test_udp_warp_maps_box_edges_to_first_and_last_pixel_centres():
@@ -138,9 +140,17 @@ def test_msra_quarter_step_points_towards_the_higher_neighbour():
 
 @pytest.mark.parametrize(
     "center, refined_axes",
-    [((0.2, 30.3), ""), ((1.2, 30.3), "y"), ((HM_W - 1, 30.3), "y"), ((HM_W - 2.2, 30.3), "xy"),
-     ((20.3, 0.2), ""), ((20.3, 1.2), "x"), ((20.3, HM_H - 1), "x"), ((20.3, HM_H - 2.2), "xy")],
-)  # fmt: skip
+    [
+        ((0.2, 30.3), ""),
+        ((1.2, 30.3), "y"),
+        ((HM_W - 1, 30.3), "y"),
+        ((HM_W - 2.2, 30.3), "xy"),
+        ((20.3, 0.2), ""),
+        ((20.3, 1.2), "x"),
+        ((20.3, HM_H - 1), "x"),
+        ((20.3, HM_H - 2.2), "xy"),
+    ],
+)
 def test_msra_border_peaks_are_not_refined(center, refined_axes):
     """mmpose refines x only for 1 < x < W - 1 and 0 < y < H, y only for 1 < y < H - 1 and
     0 < x < W (so a peak in column 0 or row 0 is not refined at all)."""
@@ -238,7 +248,7 @@ def test_keypoints_land_on_the_blob_in_image_pixels(udp):
     est = BlobEstimator(udp=udp, shift_heatmap=False, flip_test=False)
     frame = blob_frame(150, 100)
     boxes = np.array([[110, 40, 200, 170], [120, 60, 230, 150]], np.float32)  # blob off-centre in both
-    (kp, sc), = est.estimate([frame], [boxes])
+    ((kp, sc),) = est.estimate([frame], [boxes])
     assert kp.shape == (2, 17, 2) and sc.shape == (2, 17)
     _, scales = bbox_xyxy_to_center_scale(boxes)
     # nose at the blob; MSRA decodes to a quarter heatmap pixel (= scale/192 image px per crop px)
@@ -294,12 +304,14 @@ def test_crops_of_all_frames_share_forward_passes():
 
 @pytest.mark.parametrize(
     "frames, boxes, match",
-    [([np.zeros((10, 10, 3), np.uint8)], [], "1 frames but 0"),
-     ([np.zeros((10, 10, 3), np.float32)], [np.array([[1, 1, 5, 5]])], "uint8"),
-     ([np.zeros((10, 10), np.uint8)], [np.array([[1, 1, 5, 5]])], r"\[H, W, 3\]"),
-     ([np.zeros((10, 10, 3), np.uint8)], [np.array([1, 1, 5, 5])], r"\[k, 4\]"),
-     ([np.zeros((10, 10, 3), np.uint8)], [np.array([[5, 1, 1, 5]])], "x2 > x1")],
-)  # fmt: skip
+    [
+        ([np.zeros((10, 10, 3), np.uint8)], [], "1 frames but 0"),
+        ([np.zeros((10, 10, 3), np.float32)], [np.array([[1, 1, 5, 5]])], "uint8"),
+        ([np.zeros((10, 10), np.uint8)], [np.array([[1, 1, 5, 5]])], r"\[H, W, 3\]"),
+        ([np.zeros((10, 10, 3), np.uint8)], [np.array([1, 1, 5, 5])], r"\[k, 4\]"),
+        ([np.zeros((10, 10, 3), np.uint8)], [np.array([[5, 1, 1, 5]])], "x2 > x1"),
+    ],
+)
 def test_invalid_inputs_are_rejected(frames, boxes, match):
     with pytest.raises(ValueError, match=match):
         BlobEstimator(udp=True, shift_heatmap=False).estimate(frames, boxes)

@@ -8,17 +8,33 @@ import numpy as np
 import pytest
 
 from pipeline.schema import validate_record
-from pose_extraction.tracking import (TrackingConfig, box_iou, boxes_from_keypoints, keypoint_distance,
-                                      track_persons)  # fmt: skip
+from pose_extraction.tracking import TrackingConfig, box_iou, boxes_from_keypoints, keypoint_distance, track_persons
 
 pytest.importorskip("scipy")
 
 # A standing person in unit coordinates (COCO-17 order), about 0.5 wide and 1.0 tall.
-_STAND = np.array([
-    [0.00, -0.45], [-0.03, -0.48], [0.03, -0.48], [-0.07, -0.46], [0.07, -0.46],  # face
-    [-0.15, -0.30], [0.15, -0.30], [-0.20, -0.10], [0.20, -0.10], [-0.22, 0.08], [0.22, 0.08],  # arms
-    [-0.10, 0.05], [0.10, 0.05], [-0.11, 0.28], [0.11, 0.28], [-0.12, 0.50], [0.12, 0.50],  # legs
-], np.float32)  # fmt: skip
+_STAND = np.array(
+    [
+        [0.00, -0.45],
+        [-0.03, -0.48],
+        [0.03, -0.48],
+        [-0.07, -0.46],
+        [0.07, -0.46],  # face
+        [-0.15, -0.30],
+        [0.15, -0.30],
+        [-0.20, -0.10],
+        [0.20, -0.10],
+        [-0.22, 0.08],
+        [0.22, 0.08],  # arms
+        [-0.10, 0.05],
+        [0.10, 0.05],
+        [-0.11, 0.28],
+        [0.11, 0.28],
+        [-0.12, 0.50],
+        [0.12, 0.50],  # legs
+    ],
+    np.float32,
+)
 _ARMS_UP = _STAND.copy()
 _ARMS_UP[7:11] = [[-0.22, -0.50], [0.22, -0.50], [-0.25, -0.72], [0.25, -0.72]]  # elbows, wrists
 
@@ -143,9 +159,13 @@ def test_tracking_summary_is_plain_python():
 def test_zero_detections_gives_m0(with_boxes):
     T = 7
     empty = [np.zeros((0, 4), np.float32)] * T
-    out = track_persons(empty if with_boxes else None, [np.zeros(0, np.float32)] * T if with_boxes else None,
-                        [np.zeros((0, 17, 2), np.float32)] * T, [np.zeros((0, 17), np.float32)] * T,
-                        cfg=TrackingConfig())  # fmt: skip
+    out = track_persons(
+        empty if with_boxes else None,
+        [np.zeros(0, np.float32)] * T if with_boxes else None,
+        [np.zeros((0, 17, 2), np.float32)] * T,
+        [np.zeros((0, 17), np.float32)] * T,
+        cfg=TrackingConfig(),
+    )
     assert out["keypoint"].shape == (0, T, 17, 2) and out["keypoint_score"].shape == (0, T, 17)
     assert out["box"].shape == (0, T, 4) and out["box_score"].shape == (0, T)
     assert out["person_ids"].shape == (0,) and out["person_ids"].dtype == np.int64
@@ -159,13 +179,16 @@ def test_output_contract_dtypes_and_schema():
     per_frame = [[person(100 + t, 200), person(400 - t, 200, pose=_ARMS_UP)] for t in range(9)]
     out = track_persons(*frames_of(per_frame), cfg=TrackingConfig())
     M, T = 2, 9
-    expect = {"keypoint": ((M, T, 17, 2), np.float32), "keypoint_score": ((M, T, 17), np.float32),
-              "box": ((M, T, 4), np.float32), "box_score": ((M, T), np.float32),
-              "person_ids": ((M,), np.int64)}  # fmt: skip
+    expect = {
+        "keypoint": ((M, T, 17, 2), np.float32),
+        "keypoint_score": ((M, T, 17), np.float32),
+        "box": ((M, T, 4), np.float32),
+        "box_score": ((M, T), np.float32),
+        "person_ids": ((M,), np.int64),
+    }
     for key, (shape, dtype) in expect.items():
         assert out[key].shape == shape and out[key].dtype == dtype, key
-    rec = {"frame_dir": "clip", "total_frames": T, "img_shape": (480, 640), "fps": 30.0,
-           **{k: out[k] for k in expect}}  # fmt: skip
+    rec = {"frame_dir": "clip", "total_frames": T, "img_shape": (480, 640), "fps": 30.0, **{k: out[k] for k in expect}}
     validate_record(rec, write=True)
 
 
@@ -221,8 +244,9 @@ def test_geometry_helpers():
     np.testing.assert_allclose(d, [[5 / np.sqrt(200)]], rtol=1e-6)
     assert keypoint_distance(kp, sc, a, kp, np.zeros_like(sc), a)[0, 0] == 1.0  # no common joint
     assert keypoint_distance(kp, sc, a, kp + 100, sc, a)[0, 0] == 1.0  # clipped
-    boxes, valid = boxes_from_keypoints(np.array([[[1, 2], [5, 9]], [[0, 0], [0, 0]]], np.float32),
-                                        np.array([[1, 1], [0, 0]], np.float32))  # fmt: skip
+    boxes, valid = boxes_from_keypoints(
+        np.array([[[1, 2], [5, 9]], [[0, 0], [0, 0]]], np.float32), np.array([[1, 1], [0, 0]], np.float32)
+    )
     np.testing.assert_allclose(boxes, [[1, 2, 5, 9], [0, 0, 0, 0]])
     assert valid.tolist() == [True, False]
 

@@ -78,7 +78,7 @@ def test_chunk_size_one_and_larger_than_video(indexed_video):
     with open_video(indexed_video, chunk_size=1) as reader:
         assert [s for s, _ in reader.iter_chunks()] == list(range(20))
     with open_video(indexed_video, chunk_size=64) as reader:
-        (start, frames), = reader.iter_chunks()
+        ((start, frames),) = reader.iter_chunks()
     assert start == 0 and frames.shape[0] == 20
 
 
@@ -321,7 +321,9 @@ def test_writes_real_video_with_cv2_mjpg(tmp_path):
 
 def test_import_without_heavy_dependencies():
     """`import pose_extraction.{video,detect,tracking}` loads no cv2/torch/av/decord/scipy."""
-    code = ("import sys, pose_extraction.video, pose_extraction.detect, pose_extraction.tracking\n"
-            "heavy = {'cv2', 'torch', 'torchvision', 'av', 'decord', 'scipy'} & set(sys.modules)\n"
-            "assert not heavy, heavy\n")  # fmt: skip
+    code = (
+        "import sys, pose_extraction.video, pose_extraction.detect, pose_extraction.tracking\n"
+        "heavy = {'cv2', 'torch', 'torchvision', 'av', 'decord', 'scipy'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(video.Path(__file__).parents[2]))

@@ -4,6 +4,7 @@ Deliberately independent of `recognition.preprocess` (no shared code, no vectori
 compared: test frame indices, make_cam, two-person tracking (xy only), COCO->H36M on xy with the confidences left in
 COCO order, zero-person padding, crop_scale with ratio 2. Reused by end-to-end evaluation tests.
 """
+
 from __future__ import annotations
 
 import math
@@ -12,9 +13,23 @@ import numpy as np
 
 # H36M joint -> the COCO joints it is the mean of (a single joint: a copy). Belly (7) is handled separately.
 H36M_SOURCES = {
-    0: (11, 12), 1: (12,), 2: (14,), 3: (16,), 4: (11,), 5: (13,), 6: (15,),
-    8: (5, 6), 9: (0,), 10: (1, 2), 11: (5,), 12: (7,), 13: (9,), 14: (6,), 15: (8,), 16: (10,),
-}  # fmt: skip
+    0: (11, 12),
+    1: (12,),
+    2: (14,),
+    3: (16,),
+    4: (11,),
+    5: (13,),
+    6: (15,),
+    8: (5, 6),
+    9: (0,),
+    10: (1, 2),
+    11: (5,),
+    12: (7,),
+    13: (9,),
+    14: (6,),
+    15: (8,),
+    16: (10,),
+}
 
 
 def _coco_to_h36m_frame(joints):
@@ -44,8 +59,12 @@ def reference_test_clip(keypoint: np.ndarray, score: np.ndarray, img_shape, clip
     for m in range(n_persons):
         frames = []
         for t in range(t0):
-            frames.append([(float(keypoint[m, t, j, 0]) / longest * 2 - 1,
-                            float(keypoint[m, t, j, 1]) / longest * 2 - 1) for j in range(17)])
+            frames.append(
+                [
+                    (float(keypoint[m, t, j, 0]) / longest * 2 - 1, float(keypoint[m, t, j, 1]) / longest * 2 - 1)
+                    for j in range(17)
+                ]
+            )
         persons.append(frames)
 
     # human_tracking: compare person 0 at t+1 with persons 0 and 1 at t (raw slots), flip the assignment on d0 > d1

@@ -1,4 +1,5 @@
 """AGPM masking (docs/method.md §5): counts, bias towards attended tokens, seeding, v1 tubes."""
+
 import math
 
 import pytest
@@ -118,7 +119,7 @@ def test_v1_masks_about_r_and_tubes_are_constant():
     assert mask.shape == (N, M, T, V)
     assert abs(mask.float().mean().item() - 0.2) < 0.05
     for start in range(0, T, tube):
-        segment = mask[:, :, start:start + tube]  # [N, M, tube, V]
+        segment = mask[:, :, start : start + tube]  # [N, M, tube, V]
         assert torch.equal(segment, segment[:, :, :1].expand_as(segment))
 
 

@@ -47,9 +47,13 @@ def randomize_(model: torch.nn.Module, *, seed: int = 0) -> None:
 
 @pytest.mark.parametrize(
     "name, preset, backbone_params, total_params",
-    [("transformer", "base", 16_160_768, 34_115_644), ("transformer", "maskclr", 10_912_768, 28_867_644),
-     ("sttformer", "base", 6_059_448, 24_014_324), ("sttformer", "maskclr", 10_628_747, 28_583_623)],
-)  # fmt: skip
+    [
+        ("transformer", "base", 16_160_768, 34_115_644),
+        ("transformer", "maskclr", 10_912_768, 28_867_644),
+        ("sttformer", "base", 6_059_448, 24_014_324),
+        ("sttformer", "maskclr", 10_628_747, 28_583_623),
+    ],
+)
 def test_base_parameter_counts(name: str, preset: str, backbone_params: int, total_params: int) -> None:
     with torch.device("meta"):
         model = build_action_model(backbone=name, preset=preset, num_classes=60)
@@ -183,9 +187,8 @@ def test_faithful_switches_the_transformer_residual_bug(tmp_path) -> None:
     same model), and leaves other backbones and non-faithful runs untouched."""
     from recognition.checkpoint import build_model_from_checkpoint, save_checkpoint
     from recognition.config import resolve
-    from recognition.train import build_model, model_config_of
-
     from recognition.preprocess import PreprocessOptions
+    from recognition.train import build_model, model_config_of
 
     tiny = ModelConfig(backbone="transformer", preset="tiny", hidden_dim=16, maxlen=16)
     data = PreprocessOptions(clip_len=16)
@@ -195,8 +198,16 @@ def test_faithful_switches_the_transformer_residual_bug(tmp_path) -> None:
     assert all(b.residual_bug for b in model.backbone.blocks)
     mcfg = model_config_of(cfg, 3)
     assert mcfg["backbone_options"] == {"faithful_residual_bug": True}
-    save_checkpoint(tmp_path / "ck.pt", {"model_state": model.state_dict(), "model_config": mcfg,
-                                         "run_config": None, "label_names": ["a", "b", "c"], "epoch": 0})  # fmt: skip
+    save_checkpoint(
+        tmp_path / "ck.pt",
+        {
+            "model_state": model.state_dict(),
+            "model_config": mcfg,
+            "run_config": None,
+            "label_names": ["a", "b", "c"],
+            "epoch": 0,
+        },
+    )
     again, _ = build_model_from_checkpoint(tmp_path / "ck.pt")
     assert all(b.residual_bug for b in again.backbone.blocks)
     x = torch.randn(1, 2, 16, V, 3)
@@ -226,7 +237,7 @@ def test_sttformer_attention_layout() -> None:
     assert rep.shape == (B, T, V, 32) and attn.shape == (B, T, H, P * V, V)
     for t in (0, 3, 5, 9):
         f = t % P
-        torch.testing.assert_close(attn[:, t], A[:, :, f * V:(f + 1) * V, :].transpose(-2, -1))
+        torch.testing.assert_close(attn[:, t], A[:, :, f * V : (f + 1) * V, :].transpose(-2, -1))
     act = net.token_activation(attn)
     torch.testing.assert_close(act, A.mean(1).sum(-1).clamp(min=0).reshape(B, P, V).repeat(1, 3, 1)[:, :T])
 
@@ -269,10 +280,12 @@ def test_maskclr_step_end_to_end(name: str) -> None:
     from recognition.train import maskclr_step
 
     torch.manual_seed(0)
-    cfg = TrainConfig(model=ModelConfig(backbone=name, preset="tiny", hidden_dim=16, maxlen=8),
-                      maskclr=MaskCLRConfig(enabled=True))  # fmt: skip
-    model = build_action_model(backbone=name, preset="tiny", num_classes=5, hidden_dim=16, maxlen=8,
-                               use_mask_token=True).train()  # fmt: skip
+    cfg = TrainConfig(
+        model=ModelConfig(backbone=name, preset="tiny", hidden_dim=16, maxlen=8), maskclr=MaskCLRConfig(enabled=True)
+    )
+    model = build_action_model(
+        backbone=name, preset="tiny", num_classes=5, hidden_dim=16, maxlen=8, use_mask_token=True
+    ).train()
     loss_fn = MLCLLoss(num_classes=5)
     x, y = torch.randn(4, 2, 8, V, 3), torch.tensor([0, 1, 2, 3])
     loss, logits, parts = maskclr_step(cfg, model, model, loss_fn, x, y, update_memory=True)

@@ -20,8 +20,9 @@ V = 17
 
 def make_model(*, num_classes: int = 5, use_mask_token: bool = False, seed: int = 0) -> ActionModel:
     torch.manual_seed(seed)
-    model = build_action_model(num_classes=num_classes, preset="tiny", hidden_dim=32, maxlen=12,
-                               use_mask_token=use_mask_token)  # fmt: skip
+    model = build_action_model(
+        num_classes=num_classes, preset="tiny", hidden_dim=32, maxlen=12, use_mask_token=use_mask_token
+    )
     with torch.no_grad():  # non-trivial BN statistics and fusion weights, so a copy is really tested
         model.head.bn.running_mean.normal_()
         model.head.bn.running_var.uniform_(0.5, 1.5)
@@ -35,12 +36,21 @@ def save_official(path, model: ActionModel, *, layout: str) -> None:
     sd = model.state_dict()
     if layout == "model_pos":
         backbone = {"module." + k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
-        payload = {"model_pos": backbone, "epoch": 10, "lr": 2e-4,
-                   "optimizer": {"state": {}, "param_groups": []}, "min_loss": 1.5}  # fmt: skip
+        payload = {
+            "model_pos": backbone,
+            "epoch": 10,
+            "lr": 2e-4,
+            "optimizer": {"state": {}, "param_groups": []},
+            "min_loss": 1.5,
+        }
     else:
-        payload = {"model": {"module." + k: v for k, v in sd.items()}, "epoch": 3, "lr": 1e-3,
-                   "optimizer": {"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"lr": 1e-3}]},
-                   "best_acc": 90.0}  # fmt: skip
+        payload = {
+            "model": {"module." + k: v for k, v in sd.items()},
+            "epoch": 3,
+            "lr": 1e-3,
+            "optimizer": {"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"lr": 1e-3}]},
+            "best_acc": 90.0,
+        }
     torch.save(payload, path)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.helpers import make_record
 from recognition import diagnostics as dg
+from tests.helpers import make_record
 
 
 def test_rise_auc_matches_hand_values():
@@ -29,12 +29,14 @@ def test_curve_auc_equals_rise_formula_on_even_steps_and_handles_uneven():
 
 
 def test_confusion_pairs_on_a_hand_made_matrix():
-    conf = np.array([
-        [10, 3, 0, 1],
-        [4, 8, 0, 0],
-        [0, 2, 9, 5],
-        [1, 0, 6, 7],
-    ])  # fmt: skip
+    conf = np.array(
+        [
+            [10, 3, 0, 1],
+            [4, 8, 0, 0],
+            [0, 2, 9, 5],
+            [1, 0, 6, 7],
+        ]
+    )
     s = dg.confusion_scores(conf)
     assert s[0, 1] == s[1, 0] == 7 and s[2, 3] == 11 and s[1, 2] == 2 and s[0, 3] == 2 and np.all(np.diag(s) == 0)
     pairs = dg.top_confused_pairs(conf, 3)

@@ -16,21 +16,39 @@ from recognition.models.dstformer import DSTFORMER_PRESETS, DSTFormer
 V = 17
 
 
-def appendix_shapes(*, num_classes: int = 60, D: int = 512, depth: int = 5, mlp_ratio: float = 2.0,
-                    dim_rep: int = 512, maxlen: int = 243, hidden: int = 2048) -> dict[str, tuple]:
+def appendix_shapes(
+    *,
+    num_classes: int = 60,
+    D: int = 512,
+    depth: int = 5,
+    mlp_ratio: float = 2.0,
+    dim_rep: int = 512,
+    maxlen: int = 243,
+    hidden: int = 2048,
+) -> dict[str, tuple]:
     """The docs/method.md §14 table, generated from its rules."""
     H = int(D * mlp_ratio)
     shapes = {
-        "backbone.temp_embed": (1, maxlen, 1, D), "backbone.pos_embed": (1, V, D),
-        "backbone.joints_embed.weight": (D, 3), "backbone.joints_embed.bias": (D,),
-        "backbone.norm.weight": (D,), "backbone.norm.bias": (D,),
-        "backbone.pre_logits.fc.weight": (dim_rep, D), "backbone.pre_logits.fc.bias": (dim_rep,),
-        "backbone.head.weight": (3, dim_rep), "backbone.head.bias": (3,),
-        "head.fc1.weight": (hidden, V * dim_rep), "head.fc1.bias": (hidden,),
-        "head.bn.weight": (hidden,), "head.bn.bias": (hidden,),
-        "head.bn.running_mean": (hidden,), "head.bn.running_var": (hidden,), "head.bn.num_batches_tracked": (),
-        "head.fc2.weight": (num_classes, hidden), "head.fc2.bias": (num_classes,),
-    }  # fmt: skip
+        "backbone.temp_embed": (1, maxlen, 1, D),
+        "backbone.pos_embed": (1, V, D),
+        "backbone.joints_embed.weight": (D, 3),
+        "backbone.joints_embed.bias": (D,),
+        "backbone.norm.weight": (D,),
+        "backbone.norm.bias": (D,),
+        "backbone.pre_logits.fc.weight": (dim_rep, D),
+        "backbone.pre_logits.fc.bias": (dim_rep,),
+        "backbone.head.weight": (3, dim_rep),
+        "backbone.head.bias": (3,),
+        "head.fc1.weight": (hidden, V * dim_rep),
+        "head.fc1.bias": (hidden,),
+        "head.bn.weight": (hidden,),
+        "head.bn.bias": (hidden,),
+        "head.bn.running_mean": (hidden,),
+        "head.bn.running_var": (hidden,),
+        "head.bn.num_batches_tracked": (),
+        "head.fc2.weight": (num_classes, hidden),
+        "head.fc2.bias": (num_classes,),
+    }
     for i in range(depth):
         shapes[f"backbone.ts_attn.{i}.weight"] = (2, 2 * D)
         shapes[f"backbone.ts_attn.{i}.bias"] = (2,)
@@ -49,8 +67,9 @@ def appendix_shapes(*, num_classes: int = 60, D: int = 512, depth: int = 5, mlp_
 
 def tiny_model(*, num_classes: int = 5, maxlen: int = 16, use_mask_token: bool = False, seed: int = 0) -> ActionModel:
     torch.manual_seed(seed)
-    return build_action_model(num_classes=num_classes, preset="tiny", hidden_dim=64, maxlen=maxlen,
-                              use_mask_token=use_mask_token).eval()  # fmt: skip
+    return build_action_model(
+        num_classes=num_classes, preset="tiny", hidden_dim=64, maxlen=maxlen, use_mask_token=use_mask_token
+    ).eval()
 
 
 def randomize_(model: torch.nn.Module, *, seed: int = 0) -> None:
@@ -191,8 +210,9 @@ def test_masked_tokens_get_the_mask_token() -> None:
     emb = entering[0].reshape(4, 8, V, -1) - net.pos_embed[:, None] - net.temp_embed[:, :8]  # [B, T, V, D]
     flat_mask = mask.reshape(4, 8, V)
     torch.testing.assert_close(emb[flat_mask], net.mask_token[0].expand(int(flat_mask.sum()), -1), atol=1e-6, rtol=0)
-    torch.testing.assert_close(emb[~flat_mask], net.joints_embed(x.reshape(4, 8, V, 3))[~flat_mask].detach(),
-                               atol=1e-6, rtol=0)  # fmt: skip
+    torch.testing.assert_close(
+        emb[~flat_mask], net.joints_embed(x.reshape(4, 8, V, 3))[~flat_mask].detach(), atol=1e-6, rtol=0
+    )
     # An all-False mask equals no mask; a mask without a mask token is refused.
     with torch.no_grad():
         torch.testing.assert_close(model(x, token_mask=torch.zeros_like(mask)).logits, model(x).logits)
@@ -226,8 +246,9 @@ def test_matches_reference(size: dict) -> None:
     with torch.no_grad():
         for token_mask in (None, mask):
             out = model(x, token_mask=token_mask, return_attention=True)
-            logits, hidden, attn = reference_action_forward(sd, x, num_heads=model.backbone.num_heads,
-                                                            token_mask=token_mask)  # fmt: skip
+            logits, hidden, attn = reference_action_forward(
+                sd, x, num_heads=model.backbone.num_heads, token_mask=token_mask
+            )
             torch.testing.assert_close(out.logits, logits, atol=1e-5, rtol=0)
             torch.testing.assert_close(out.features, hidden, atol=1e-5, rtol=0)
             torch.testing.assert_close(out.attention, attn, atol=1e-5, rtol=0)

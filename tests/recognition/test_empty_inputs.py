@@ -41,9 +41,13 @@ def _broken_files(tmp_path: Path) -> dict[str, Path]:
     state = {"model": {f"module.{k}": v for k, v in _tiny_model().state_dict().items()}}
     torch.save(state, tmp_path / "whole.pt")
     torch.save(state, tmp_path / "whole_legacy.pt", _use_new_zipfile_serialization=False)
-    files = {"empty": tmp_path / "empty.pt", "truncated": tmp_path / "half.pt",
-             "truncated_legacy": tmp_path / "half_legacy.pt", "random": tmp_path / "random.pt",
-             "text": tmp_path / "notes.pt"}  # fmt: skip
+    files = {
+        "empty": tmp_path / "empty.pt",
+        "truncated": tmp_path / "half.pt",
+        "truncated_legacy": tmp_path / "half_legacy.pt",
+        "random": tmp_path / "random.pt",
+        "text": tmp_path / "notes.pt",
+    }
     files["empty"].write_bytes(b"")
     for name, whole in (("truncated", "whole.pt"), ("truncated_legacy", "whole_legacy.pt")):
         data = (tmp_path / whole).read_bytes()
@@ -53,13 +57,19 @@ def _broken_files(tmp_path: Path) -> dict[str, Path]:
     return files
 
 
-EXPECT = {"empty": "is empty (0 bytes)", "truncated": "is truncated", "truncated_legacy": "is truncated",
-          "random": "not a torch checkpoint", "text": "not a torch checkpoint"}  # fmt: skip
+EXPECT = {
+    "empty": "is empty (0 bytes)",
+    "truncated": "is truncated",
+    "truncated_legacy": "is truncated",
+    "random": "not a torch checkpoint",
+    "text": "not a torch checkpoint",
+}
 
 
 @pytest.mark.parametrize("kind", sorted(EXPECT))
-@pytest.mark.parametrize("reader", ["read_checkpoint", "build_model_from_checkpoint", "load_motionbert_state",
-                                    "init_from", "allow_pickle"])  # fmt: skip
+@pytest.mark.parametrize(
+    "reader", ["read_checkpoint", "build_model_from_checkpoint", "load_motionbert_state", "init_from", "allow_pickle"]
+)
 def test_broken_checkpoint_files_are_one_line_errors(tmp_path, kind, reader):
     path = _broken_files(tmp_path)[kind]
     call = {
@@ -101,8 +111,24 @@ def _error_line(capsys) -> str:
 def test_cli_empty_checkpoint_evaluate_init_resume_predict(tmp_path, data, capsys):
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
-    assert main(["evaluate", "--checkpoint", str(empty), "--data", str(data), "--split", "xsub_val",
-                 "--out", str(tmp_path / "ev"), "--device", "cpu"]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(empty),
+                "--data",
+                str(data),
+                "--split",
+                "xsub_val",
+                "--out",
+                str(tmp_path / "ev"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 1
+    )
     line = _error_line(capsys)
     assert str(empty) in line and "empty (0 bytes)" in line and "retrain" in line
 
@@ -186,8 +212,24 @@ def test_empty_evaluation_split(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"split 'xsub_val' of .*empty_val\.pkl lists no clips"):
         run_evaluate(checkpoint=ck, data=data, split="xsub_val", out=tmp_path / "ev", device="cpu")
     assert not (tmp_path / "ev").exists()
-    assert main(["evaluate", "--checkpoint", str(ck), "--data", str(data), "--split", "xsub_val",
-                 "--out", str(tmp_path / "ev"), "--device", "cpu"]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(ck),
+                "--data",
+                str(data),
+                "--split",
+                "xsub_val",
+                "--out",
+                str(tmp_path / "ev"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 1
+    )
     line = _error_line(capsys)
     assert "split 'xsub_val'" in line and str(data) in line and "lists no clips" in line, line
 
@@ -199,8 +241,24 @@ def test_evaluation_split_all_skipped(tmp_path, data, capsys):
     _zero_scores(index, "xsub_val")
     bad = tmp_path / "bad_val.pkl"
     write_index(index, bad)
-    assert main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(bad), "--split", "xsub_val",
-                 "--out", str(tmp_path / "ev"), "--device", "cpu"]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(run / "best.pt"),
+                "--data",
+                str(bad),
+                "--split",
+                "xsub_val",
+                "--out",
+                str(tmp_path / "ev"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 1
+    )
     line = _error_line(capsys)
     assert "no usable clips to evaluate in split 'xsub_val'" in line and str(bad) in line, line
     assert "4 skipped by skip_bad" in line and "c004" in line, line
@@ -228,15 +286,19 @@ def test_empty_validation_split_trains_on_the_last_epoch(tmp_path, caplog):
 
 def _numpy_scalar_file(path: Path, **save_kw) -> Path:
     """MotionBERT's `latest_epoch.bin` layout: its `min_loss` is a numpy float, so weights_only refuses it."""
-    backbone = {f"module.{k[len('backbone.'):]}": v for k, v in _tiny_model().state_dict().items()
-                if k.startswith("backbone.")}  # fmt: skip
+    backbone = {
+        f"module.{k[len('backbone.') :]}": v for k, v in _tiny_model().state_dict().items() if k.startswith("backbone.")
+    }
     torch.save({"model_pos": backbone, "epoch": 3, "min_loss": np.float64(0.25)}, path, **save_kw)
     return path
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol 4")  # torch's note on the STACK_GLOBAL case
-@pytest.mark.parametrize("save_kw", [{}, {"_use_new_zipfile_serialization": False}, {"pickle_protocol": 4}],
-                         ids=["zip", "legacy", "protocol4"])  # fmt: skip
+@pytest.mark.parametrize(
+    "save_kw",
+    [{}, {"_use_new_zipfile_serialization": False}, {"pickle_protocol": 4}],
+    ids=["zip", "legacy", "protocol4"],
+)
 def test_allow_pickle_warns_with_the_file_and_its_globals(tmp_path, caplog, save_kw):
     path = _numpy_scalar_file(tmp_path / "latest_epoch.bin", **save_kw)
     names = unsafe_globals(path)
@@ -254,8 +316,19 @@ def test_allow_pickle_warns_with_the_file_and_its_globals(tmp_path, caplog, save
 
 def test_cli_evaluate_allow_pickle_warns(tmp_path, data, caplog, capsys):
     ck = _official_action_file(tmp_path / "best_epoch.bin", best_acc=np.float64(90.0))
-    argv = ["evaluate", "--checkpoint", str(ck), "--data", str(data), "--split", "xsub_val", "--out",
-            str(tmp_path / "ev"), "--device", "cpu"]  # fmt: skip
+    argv = [
+        "evaluate",
+        "--checkpoint",
+        str(ck),
+        "--data",
+        str(data),
+        "--split",
+        "xsub_val",
+        "--out",
+        str(tmp_path / "ev"),
+        "--device",
+        "cpu",
+    ]
     assert main(argv) == 1
     line = _error_line(capsys)
     assert str(ck) in line and "numpy" in line and "--allow-pickle" in line, line

@@ -1,4 +1,5 @@
 """MLCL losses (docs/method.md §6) on hand-checkable cases."""
+
 import io
 import logging
 import math

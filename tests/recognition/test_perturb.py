@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.helpers import make_record
 from recognition import perturb
 from recognition.preprocess import PreprocessOptions, normalize_screen, preprocess_clip
+from tests.helpers import make_record
 
 
 def _screen(M: int = 2, T: int = 5) -> np.ndarray:
@@ -63,14 +63,18 @@ def test_perturb_pixels_plugs_in_before_preprocessing():
     opts = PreprocessOptions(clip_len=16)
     ident = perturb.perturb_pixels(kp, shape, lambda xy: xy)
     np.testing.assert_allclose(ident, kp, atol=1e-9)
-    via = perturb.perturb_pixels(kp, shape, lambda xy: perturb.gaussian_noise(
-        xy, 0.01, np.random.default_rng(9), per_person=True))  # fmt: skip
+    via = perturb.perturb_pixels(
+        kp, shape, lambda xy: perturb.gaussian_noise(xy, 0.01, np.random.default_rng(9), per_person=True)
+    )
     a = preprocess_clip(via, score, shape, train=False, opts=opts, rng=None)
     b = preprocess_clip(kp, score, shape, train=False, opts=opts, rng=np.random.default_rng(9), noise_sigma=0.01)
     np.testing.assert_allclose(a, b, atol=1e-6)
     assert not np.allclose(a, preprocess_clip(kp, score, shape, train=False, opts=opts, rng=None))
-    np.testing.assert_allclose(normalize_screen(via, shape), perturb.gaussian_noise(
-        normalize_screen(kp, shape), 0.01, np.random.default_rng(9), per_person=True), atol=1e-12)  # fmt: skip
+    np.testing.assert_allclose(
+        normalize_screen(via, shape),
+        perturb.gaussian_noise(normalize_screen(kp, shape), 0.01, np.random.default_rng(9), per_person=True),
+        atol=1e-12,
+    )
 
 
 @pytest.mark.parametrize("k", [1, 3, 5, 10])

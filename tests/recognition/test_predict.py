@@ -33,12 +33,21 @@ def write_tiny_run(run: Path) -> Path:
     """A run folder whose best.pt is a random tiny DSTFormer over NAMES (clip length 16)."""
     run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    mcfg = dict(num_classes=4, backbone="dstformer", preset="tiny", hidden_dim=32, dropout=0.5, maxlen=16,
-                use_mask_token=False)  # fmt: skip
+    mcfg = dict(
+        num_classes=4, backbone="dstformer", preset="tiny", hidden_dim=32, dropout=0.5, maxlen=16, use_mask_token=False
+    )
     model = build_action_model(**mcfg)
     cfg = TrainConfig(model=ModelConfig(preset="tiny", hidden_dim=32, maxlen=16), data=PreprocessOptions(clip_len=16))
-    save_checkpoint(run / "best.pt", {"model_state": model.state_dict(), "model_config": mcfg,
-                                      "run_config": to_dict(cfg), "label_names": NAMES, "epoch": 0})  # fmt: skip
+    save_checkpoint(
+        run / "best.pt",
+        {
+            "model_state": model.state_dict(),
+            "model_config": mcfg,
+            "run_config": to_dict(cfg),
+            "label_names": NAMES,
+            "epoch": 0,
+        },
+    )
     return run
 
 
@@ -50,9 +59,28 @@ def test_window_starts():
 
 
 def predict(video: Path, run: Path, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "recognition", "predict", "--video", str(video), "--run", str(run),
-                           "--out", str(out), "--estimator", "standin", "--device", "cpu"],
-                          capture_output=True, text=True, cwd=REPO, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "recognition",
+            "predict",
+            "--video",
+            str(video),
+            "--run",
+            str(run),
+            "--out",
+            str(out),
+            "--estimator",
+            "standin",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
 
 
 def test_predict_long_video_json_windows_and_overlay(tmp_path, tiny_run):
@@ -124,9 +152,30 @@ def test_predict_does_not_reuse_another_estimators_records(tmp_path, tiny_run):
 
     video = write_video(tmp_path / "clip.mp4", 20)
     poses = tmp_path / "poses"
-    res = subprocess.run([sys.executable, "-m", "recognition", "predict", "--video", str(video), "--run",
-                          str(tiny_run), "--out", str(tmp_path / "out"), "--estimator", "standin", "--device", "cpu",
-                          "--poses", str(poses), "--no-overlay"], capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "recognition",
+            "predict",
+            "--video",
+            str(video),
+            "--run",
+            str(tiny_run),
+            "--out",
+            str(tmp_path / "out"),
+            "--estimator",
+            "standin",
+            "--device",
+            "cpu",
+            "--poses",
+            str(poses),
+            "--no-overlay",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     rec = read_record(poses / "clip.pkl")
     rec["keypoint"][:] = 0.0  # what "another estimator" saw, stored under its key
@@ -136,9 +185,30 @@ def test_predict_does_not_reuse_another_estimators_records(tmp_path, tiny_run):
     rec["cache"]["settings"]["estimator"] = "blazepose"
     rec["cache"]["digest"] = "f" * 64
     write_record(rec, poses / "clip.pkl")
-    res = subprocess.run([sys.executable, "-m", "recognition", "predict", "--video", str(video), "--run",
-                          str(tiny_run), "--out", str(tmp_path / "out"), "--estimator", "standin", "--device", "cpu",
-                          "--poses", str(poses), "--no-overlay"], capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "recognition",
+            "predict",
+            "--video",
+            str(video),
+            "--run",
+            str(tiny_run),
+            "--out",
+            str(tmp_path / "out"),
+            "--estimator",
+            "standin",
+            "--device",
+            "cpu",
+            "--poses",
+            str(poses),
+            "--no-overlay",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert 'settings.estimator "blazepose" -> "standin"' in res.stderr
     again = read_record(poses / "clip.pkl")

@@ -1,4 +1,5 @@
 """Tests of docs/method.md §2 preprocessing (`recognition.preprocess`) and its dataset (`recognition.data`)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,8 +25,14 @@ def random_clip(m: int, t0: int, *, seed: int = 0, zero_frac: float = 0.1) -> tu
 
 def make_ann(name: str, *, m: int = 2, t0: int = 30, label: int = 0, seed: int = 0) -> dict:
     kp, score = random_clip(m, t0, seed=seed)
-    return {"frame_dir": name, "label": label, "total_frames": t0, "img_shape": IMG,
-            "keypoint": kp, "keypoint_score": score}  # fmt: skip
+    return {
+        "frame_dir": name,
+        "label": label,
+        "total_frames": t0,
+        "img_shape": IMG,
+        "keypoint": kp,
+        "keypoint_score": score,
+    }
 
 
 # ---------------------------------------------------------------- whole pipeline against the reference
@@ -50,8 +57,16 @@ def test_noise_is_added_in_screen_space_before_tracking():
     """Faithful noise (one tensor for both persons) = the reference run on noisy pixels."""
     kp, score = random_clip(2, 50, seed=4)
     sigma, longest = 0.01, max(IMG)
-    out = preprocess_clip(kp, score, IMG, train=False, opts=faithful_options(), rng=np.random.default_rng(7),
-                          noise_sigma=sigma, noise_per_person=False)  # fmt: skip
+    out = preprocess_clip(
+        kp,
+        score,
+        IMG,
+        train=False,
+        opts=faithful_options(),
+        rng=np.random.default_rng(7),
+        noise_sigma=sigma,
+        noise_per_person=False,
+    )
     eps = np.random.default_rng(7).normal(0, sigma, kp.shape[1:])  # [T0, 17, 2], the test path's only draw
     noisy_screen = np.clip(kp.astype(np.float64) / longest * 2 - 1 + eps, -1, 1)
     noisy_kp = (noisy_screen + 1) / 2 * longest
@@ -75,8 +90,9 @@ def test_preprocess_clip_errors():
     with pytest.raises(ValueError, match="clipA.*no person"):
         preprocess_clip(kp[:0], score[:0], IMG, train=False, opts=PreprocessOptions(), rng=None, clip_name="clipA")
     with pytest.raises(ValueError, match="clipB.*0 frames"):
-        preprocess_clip(kp[:, :0], score[:, :0], IMG, train=False, opts=PreprocessOptions(), rng=None,
-                        clip_name="clipB")  # fmt: skip
+        preprocess_clip(
+            kp[:, :0], score[:, :0], IMG, train=False, opts=PreprocessOptions(), rng=None, clip_name="clipB"
+        )
     kp3, score3 = random_clip(3, 10)
     with pytest.raises(ValueError, match="select_two_persons"):
         preprocess_clip(kp3, score3, IMG, train=False, opts=PreprocessOptions(), rng=None)
@@ -241,7 +257,6 @@ def test_options_validation_and_faithful():
 # ---------------------------------------------------------------- dataset
 
 
-
 @pytest.fixture
 def torch():
     """The dataset tests need torch; the preprocessing tests above do not."""
@@ -251,8 +266,15 @@ def torch():
 def make_dataset(anns, *, train=True, opts=None, seed=0, **kw):
     from recognition.data import SkeletonDataset
 
-    return SkeletonDataset(annotations=anns, frame_dirs=[a["frame_dir"] for a in anns], train=train,
-                           opts=opts or PreprocessOptions(clip_len=16), seed=seed, num_classes=3, **kw)  # fmt: skip
+    return SkeletonDataset(
+        annotations=anns,
+        frame_dirs=[a["frame_dir"] for a in anns],
+        train=train,
+        opts=opts or PreprocessOptions(clip_len=16),
+        seed=seed,
+        num_classes=3,
+        **kw,
+    )
 
 
 def test_dataset_item_shape_and_test_path_matches_reference(torch):
@@ -261,8 +283,9 @@ def test_dataset_item_shape_and_test_path_matches_reference(torch):
     x, y = ds[1]
     assert isinstance(x, torch.Tensor) and x.shape == (2, 16, 17, 3) and x.dtype == torch.float32
     assert y == 1 and isinstance(y, int)
-    np.testing.assert_allclose(x.numpy(), reference_test_clip(anns[1]["keypoint"], anns[1]["keypoint_score"], IMG,
-                                                              clip_len=16), atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        x.numpy(), reference_test_clip(anns[1]["keypoint"], anns[1]["keypoint_score"], IMG, clip_len=16), atol=1e-6
+    )
     batch, labels = next(iter(torch.utils.data.DataLoader(ds, batch_size=2)))
     assert batch.shape == (2, 2, 16, 17, 3) and labels.tolist() == [2, 1]
 

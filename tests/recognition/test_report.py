@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import make_index
 from pipeline.config import to_dict
 from pipeline.schema import write_index
 from recognition.__main__ import main
@@ -24,6 +23,7 @@ from recognition.evaluate import run_evaluate
 from recognition.preprocess import PreprocessOptions
 from recognition.report import SECTIONS
 from recognition.train import build_model, model_config_of
+from tests.helpers import make_index
 
 SMALL = """seeds: [0, 1]
 sigmas: [0, 0.005, 0.05]
@@ -35,10 +35,28 @@ saliency_layers: [0, -1]
 tsne_points: 20
 batch_size: 8
 """
-CSVS = ["accuracy", "gaussian_noise", "spatial_noise", "shifted_joints", "masking", "deletion_insertion",
-        "confusion_pairs", "classwise_accuracy", "pose_quality"]  # fmt: skip
-PNGS = ["gaussian_noise", "spatial_noise", "shifted_joints", "masking", "deletion_insertion", "confusion_matrices",
-        "tsne", "attention", "noisy_clip"]  # fmt: skip
+CSVS = [
+    "accuracy",
+    "gaussian_noise",
+    "spatial_noise",
+    "shifted_joints",
+    "masking",
+    "deletion_insertion",
+    "confusion_pairs",
+    "classwise_accuracy",
+    "pose_quality",
+]
+PNGS = [
+    "gaussian_noise",
+    "spatial_noise",
+    "shifted_joints",
+    "masking",
+    "deletion_insertion",
+    "confusion_matrices",
+    "tsne",
+    "attention",
+    "noisy_clip",
+]
 
 
 def build_tiny_inputs(root: Path) -> tuple[list[Path], Path, Path]:
@@ -49,13 +67,24 @@ def build_tiny_inputs(root: Path) -> tuple[list[Path], Path, Path]:
     write_index(index, data)
     runs = []
     for name, seed, maskclr in (("base", 0, False), ("mclr", 1, True)):
-        cfg = TrainConfig(model=ModelConfig(preset="tiny", hidden_dim=32, maxlen=16),
-                          data=PreprocessOptions(clip_len=16), maskclr=MaskCLRConfig(enabled=maskclr))  # fmt: skip
+        cfg = TrainConfig(
+            model=ModelConfig(preset="tiny", hidden_dim=32, maxlen=16),
+            data=PreprocessOptions(clip_len=16),
+            maskclr=MaskCLRConfig(enabled=maskclr),
+        )
         torch.manual_seed(seed)
         model = build_model(cfg, 4)
-        save_checkpoint(root / name / "best.pt", {
-            "model_state": model.state_dict(), "model_config": model_config_of(cfg, 4), "run_config": to_dict(cfg),
-            "label_names": index["label_names"], "epoch": 0, "split": "xsub"})  # fmt: skip
+        save_checkpoint(
+            root / name / "best.pt",
+            {
+                "model_state": model.state_dict(),
+                "model_config": model_config_of(cfg, 4),
+                "run_config": to_dict(cfg),
+                "label_names": index["label_names"],
+                "epoch": 0,
+                "split": "xsub",
+            },
+        )
         runs.append(root / name)
     config = root / "small.yaml"
     config.write_text(SMALL)
@@ -65,8 +94,19 @@ def build_tiny_inputs(root: Path) -> tuple[list[Path], Path, Path]:
 def build_tiny_report(root: Path, *, runs: int = 2) -> Path:
     """A complete small report under root/report; returns report.html."""
     run_dirs, data, config = build_tiny_inputs(root)
-    argv = ["report", "--runs", *map(str, run_dirs[:runs]), "--data", str(data), "--out", str(root / "report"),
-            "--config", str(config), "--device", "cpu"]  # fmt: skip
+    argv = [
+        "report",
+        "--runs",
+        *map(str, run_dirs[:runs]),
+        "--data",
+        str(data),
+        "--out",
+        str(root / "report"),
+        "--config",
+        str(config),
+        "--device",
+        "cpu",
+    ]
     assert main(argv) == 0
     return root / "report/report.html"
 
@@ -99,7 +139,7 @@ def test_report_renders_with_two_runs(two_runs):
         assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG", name
     page = (out / "report.html").read_text()
     assert page.count("<img ") == len(PNGS) and page.count("data:image/png;base64,") == len(PNGS)
-    assert "src='http" not in page and "src=\"http" not in page  # self-contained
+    assert "src='http" not in page and 'src="http' not in page  # self-contained
     for name in SECTIONS:
         assert f"--only {name}" in page, name
     metrics = json.loads((out / "metrics.json").read_text())
@@ -150,19 +190,41 @@ def test_gaussian_numbers_match_evaluate(two_runs, tmp_path):
     """The row of the run's own seed is what `python -m recognition evaluate --noise-sigma` gives."""
     metrics = json.loads((two_runs / "report/metrics.json").read_text())
     for sigma in ("0.005", "0.05"):
-        ev = run_evaluate(checkpoint=two_runs / "base/best.pt", data=two_runs / "index.pkl", split="xsub_val",
-                          out=tmp_path / sigma, device="cpu", noise_sigma=float(sigma))  # fmt: skip
+        ev = run_evaluate(
+            checkpoint=two_runs / "base/best.pt",
+            data=two_runs / "index.pkl",
+            split="xsub_val",
+            out=tmp_path / sigma,
+            device="cpu",
+            noise_sigma=float(sigma),
+        )
         assert ev["top1"] == metrics["sections"]["gaussian_noise"]["base"][sigma]["top1_per_seed"]["0"]
-    clean = run_evaluate(checkpoint=two_runs / "mclr/best.pt", data=two_runs / "index.pkl", split="xsub_val",
-                         out=tmp_path / "clean", device="cpu")  # fmt: skip
+    clean = run_evaluate(
+        checkpoint=two_runs / "mclr/best.pt",
+        data=two_runs / "index.pkl",
+        split="xsub_val",
+        out=tmp_path / "clean",
+        device="cpu",
+    )
     assert clean["top1"] == metrics["sections"]["accuracy"]["mclr"]["top1"]
 
 
 def test_report_renders_with_one_run(two_runs, tmp_path):
     out = tmp_path / "one"
     shutil.copytree(two_runs / "report/cache", out / "cache")  # keys are contents, not paths: all hits
-    argv = ["report", "--runs", str(two_runs / "base"), "--data", str(two_runs / "index.pkl"), "--out", str(out),
-            "--config", str(two_runs / "small.yaml"), "--device", "cpu"]  # fmt: skip
+    argv = [
+        "report",
+        "--runs",
+        str(two_runs / "base"),
+        "--data",
+        str(two_runs / "index.pkl"),
+        "--out",
+        str(out),
+        "--config",
+        str(two_runs / "small.yaml"),
+        "--device",
+        "cpu",
+    ]
     assert main(argv) == 0
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(PNGS)
@@ -183,8 +245,20 @@ def test_cross_estimator_table(tmp_path):
     data2 = tmp_path / "other.pkl"
     write_index(other, data2)
     out = tmp_path / "rep"
-    argv = ["report", "--runs", *map(str, run_dirs), "--data", str(data), str(data2), "--out", str(out),
-            "--config", str(config), "--device", "cpu"]  # fmt: skip
+    argv = [
+        "report",
+        "--runs",
+        *map(str, run_dirs),
+        "--data",
+        str(data),
+        str(data2),
+        "--out",
+        str(out),
+        "--config",
+        str(config),
+        "--device",
+        "cpu",
+    ]
     assert main([*argv, "--only", "cross_estimator", "--only", "pose_quality"]) == 0
     rows = (out / "cross_estimator.csv").read_text().splitlines()
     assert rows[0] == "run,index (random),other (other)" and len(rows) == 3

@@ -14,18 +14,25 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import make_index
 from pipeline.schema import write_index
 from recognition.checkpoint import read_checkpoint
 from recognition.checkpoint_import import CheckpointError
 from recognition.evaluate import run_evaluate
 from recognition.models.action import build_action_model
+from tests.helpers import make_index
 from tests.recognition.reference_motionbert import reference_action_logits
 from tests.recognition.reference_preprocess import reference_test_clip
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = ["model.preset=tiny", "model.hidden_dim=32", "model.maxlen=16", "data.clip_len=16",
-        "optim.batch_size=8", "optim.lr_backbone=1e-3", "optim.lr_head=1e-3"]  # fmt: skip
+TINY = [
+    "model.preset=tiny",
+    "model.hidden_dim=32",
+    "model.maxlen=16",
+    "data.clip_len=16",
+    "optim.batch_size=8",
+    "optim.lr_backbone=1e-3",
+    "optim.lr_head=1e-3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +42,36 @@ def data(tmp_path_factory) -> Path:
     return path
 
 
-def _train(data: Path, out: Path, extra: list[str], *, epochs: int, halt: int | None = None,
-           resume: bool = False, maskclr: bool = False) -> subprocess.CompletedProcess:  # fmt: skip
+def _train(
+    data: Path,
+    out: Path,
+    extra: list[str],
+    *,
+    epochs: int,
+    halt: int | None = None,
+    resume: bool = False,
+    maskclr: bool = False,
+) -> subprocess.CompletedProcess:
     sets = [*TINY, f"optim.epochs={epochs}"]
     if maskclr:
         sets += ["maskclr.enabled=true", "maskclr.start_epoch=1"]
-    cmd = [sys.executable, "-m", "recognition", "train", "--config", str(REPO / "configs/recognition/motionbert_mocap15.yaml"),
-           "--data", str(data), "--split", "xsub", "--out", str(out), "--device", "cpu", *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "recognition",
+        "train",
+        "--config",
+        str(REPO / "configs/recognition/motionbert_mocap15.yaml"),
+        "--data",
+        str(data),
+        "--split",
+        "xsub",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        *extra,
+    ]
     for s in sets:
         cmd += ["--set", s]
     if halt is not None:
@@ -85,8 +115,16 @@ def _official_action_file(tmp_path: Path, num_classes: int) -> tuple[Path, dict]
     state["head.bn.running_mean"].uniform_(-0.5, 0.5)
     state["head.bn.running_var"].uniform_(0.5, 2.0)
     path = tmp_path / "mb_action.bin"
-    torch.save({"model": {f"module.{k}": v for k, v in state.items()}, "epoch": 9, "lr": 1e-4,
-                "optimizer": {}, "best_acc": 90.0}, path)  # fmt: skip
+    torch.save(
+        {
+            "model": {f"module.{k}": v for k, v in state.items()},
+            "epoch": 9,
+            "lr": 1e-4,
+            "optimizer": {},
+            "best_acc": 90.0,
+        },
+        path,
+    )
     return path, state
 
 
@@ -100,8 +138,14 @@ def test_evaluate_official_checkpoint_matches_reference(tmp_path):
     metrics = run_evaluate(checkpoint=ck, data=data, split="xsub_val", out=tmp_path / "ev", device="cpu", faithful=True)
     pred = np.load(tmp_path / "ev/predictions.npz")
     by_name = {a["frame_dir"]: a for a in ann}
-    x = np.stack([reference_test_clip(by_name[n]["keypoint"], by_name[n]["keypoint_score"], by_name[n]["img_shape"],
-                                      clip_len=24) for n in pred["frame_dir"]])  # fmt: skip
+    x = np.stack(
+        [
+            reference_test_clip(
+                by_name[n]["keypoint"], by_name[n]["keypoint_score"], by_name[n]["img_shape"], clip_len=24
+            )
+            for n in pred["frame_dir"]
+        ]
+    )
     ref = reference_action_logits(state, torch.from_numpy(x).float(), num_heads=8).numpy()
     assert pred["logits"].dtype == np.float32 and pred["logits"].shape == (3, 3)
     assert pred["features"].shape == (3, 64)
@@ -126,9 +170,25 @@ def test_evaluate_refuses_mismatched_checkpoints(tmp_path):
 
 
 def test_bad_input_errors(tmp_path, data):
-    res = subprocess.run([sys.executable, "-m", "recognition", "train", "--config",
-                          "configs/recognition/motionbert_mocap15.yaml", "--data", str(data), "--split", "xfoo",
-                          "--out", str(tmp_path / "r")], capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "recognition",
+            "train",
+            "--config",
+            "configs/recognition/motionbert_mocap15.yaml",
+            "--data",
+            str(data),
+            "--split",
+            "xfoo",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert res.returncode == 1 and "xfoo_train" in res.stderr and "xsub_train" in res.stderr
     index = make_index(6, num_classes=3)
     index["annotations"][4]["keypoint_score"][:] = 0.0
@@ -144,13 +204,29 @@ def test_torchrun_two_processes_gloo(tmp_path, data):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():
         pytest.skip("torchrun not installed beside this interpreter")
-    cmd = [str(torchrun), "--nproc_per_node=2", "--master_port=29533", "-m", "recognition", "train",
-           "--config", "configs/recognition/motionbert_mocap15.yaml", "--data", str(data), "--split", "xsub",
-           "--out", str(tmp_path / "ddp"), "--device", "cpu"]  # fmt: skip
+    cmd = [
+        str(torchrun),
+        "--nproc_per_node=2",
+        "--master_port=29533",
+        "-m",
+        "recognition",
+        "train",
+        "--config",
+        "configs/recognition/motionbert_mocap15.yaml",
+        "--data",
+        str(data),
+        "--split",
+        "xsub",
+        "--out",
+        str(tmp_path / "ddp"),
+        "--device",
+        "cpu",
+    ]
     for s in [*TINY, "optim.epochs=1"]:
         cmd += ["--set", s]
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"),
-                         timeout=300)  # fmt: skip
+    res = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     ck = read_checkpoint(tmp_path / "ddp/last.pt")
     assert ck["epoch"] == 0 and len(ck["history"]) == 1
