@@ -78,10 +78,9 @@ $(OPP_STAMP): scripts/install_openpifpaf.sh $(STAMP)
 install-openpifpaf: $(OPP_STAMP) ## build openpifpaf-vita into .venv against its torch (once; minutes)
 install-mediapipe: $(MP_STAMP) ## create .venv-mediapipe (mediapipe 0.10.21, numpy<2) for ESTIMATOR=blazepose
 
-# Interpreter, environment and fixed settings per estimator (BlazePose sees one person: M = 1).
+# Interpreter and environment per estimator (an estimator's own limits, such as BlazePose's one person, are its class's).
 POSE_PY  = $(if $(filter blazepose,$(ESTIMATOR)),$(MP_PY),$(PY))
 POSE_ENV = $(if $(filter blazepose,$(ESTIMATOR)),$(MP_STAMP),$(if $(filter openpifpaf,$(ESTIMATOR)),$(OPP_STAMP),$(STAMP)))
-POSE_SET = $(if $(filter blazepose,$(ESTIMATOR)),--set tracking.max_persons=1)
 
 # ---------------------------------------------------------------------------------------
 # Verbs
@@ -138,7 +137,7 @@ train: ## train MODEL (motionbert|maskclr) with BACKBONE (dstformer|transformer|
 poses: $(POSE_ENV) ## extract poses: ESTIMATOR=vitpose|hrnet|openpifpaf|blazepose VIDEOS=dir-or-list DATASET=name (incremental, resumable)
 	@test -n "$(VIDEOS)" || { echo "make poses: set VIDEOS=/path/to/videos (a folder or a text file listing them)" >&2; exit 2; }
 	$(POSE_PY) -m pose_extraction extract --estimator $(ESTIMATOR) --videos $(VIDEOS) --out $(POSES_DIR) \
-	  $(if $(filter-out auto,$(DEVICE)),--device $(DEVICE)) $(POSE_SET) $(SET_ARGS)
+	  $(if $(filter-out auto,$(DEVICE)),--device $(DEVICE)) $(SET_ARGS)
 
 .PHONY: report
 report: ## robustness report: RUNS="run dirs" DATA="indexes" REPORT_DIR=out (default: the demo's runs)
@@ -238,7 +237,7 @@ $(DEMO_VIDEOS)/mocap15_%.mp4: pose_extraction/demo_videos.py pipeline/humanoid.p
 
 $(DEMO_POSES)/%.pkl: $(DEMO_VIDEOS)/%.mp4 pose_extraction/estimators/blazepose.py | $(MP_STAMP)
 	rm -f $@
-	$(MP_PY) -m pose_extraction extract --estimator blazepose --videos $< --out $(@D) --set tracking.max_persons=1
+	$(MP_PY) -m pose_extraction extract --estimator blazepose --videos $< --out $(@D)
 
 $(DEMO_OVERLAYS)/%.mp4: $(DEMO_POSES)/%.pkl $(DEMO_VIDEOS)/%.mp4 | $(STAMP)
 	$(PY) -m pose_extraction render $< $(word 2,$^) $@

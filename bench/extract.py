@@ -62,29 +62,17 @@ def main() -> None:
 
     import torch
 
-    from pose_extraction import weights as wcache
-    from pose_extraction.detect import PersonDetector
-    from pose_extraction.estimators import build_estimator
+    from pipeline.config import load_config
+    from pose_extraction.build import build_detector_from, build_estimator_from, resolve_device
+    from pose_extraction.extract import PoseConfig
     from pose_extraction.video import open_video
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    cfg = load_config(PoseConfig, None, [f"estimator={args.estimator}", f"device={args.device}", "batch_size=64"])
+    device = resolve_device(cfg.device)
     w, h = (int(v) for v in args.size.split("x"))
-
-    def cached(role: str) -> str | None:
-        try:
-            return str(wcache.resolve(args.estimator, role))
-        except wcache.WeightsError:
-            return None
-
-    est_w, det_w = cached("estimator"), cached("detector")
-    if est_w is None:
-        import pose_extraction.estimators as est_mod
-
-        est_mod_cls = est_mod.get_estimator_class(args.estimator)
-        estimator = est_mod_cls(weights=None, device=device, batch_size=64)
-    else:
-        estimator = build_estimator(args.estimator, weights=est_w, device=device, batch_size=64)
-    detector = PersonDetector(weights=det_w, device=device, min_size=args.detector_min_size, batch_size=args.chunk)
+    estimator = build_estimator_from(cfg, random_if_missing=True)
+    detector = build_detector_from(cfg, random_if_missing=True, min_size=args.detector_min_size, batch_size=args.chunk)
+    est_w, det_w = estimator.weights, detector.weights
     print(
         f"device {device}; {args.estimator} weights: {est_w or 'random'}; detector weights: {det_w or 'random'}; "
         f"{args.frames} frames {w}x{h}, 2 persons per frame, chunk {args.chunk}"

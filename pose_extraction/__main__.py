@@ -17,68 +17,18 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from pipeline.atomic import write_text_if_changed
 from pipeline.cli import run_cli
-from pipeline.config import ConfigError, dump_yaml, load_config, to_dict
+from pipeline.config import ConfigError, dump_yaml, load_config
 from pipeline.datasets import check_unique_video_ids
 from pipeline.schema import SchemaError, read_record
-from pose_extraction.extract import PoseConfig, VideoExtractor, distributed_shard, run_extract
+from pose_extraction.build import build_detector_from, build_estimator_from, build_extractor
+from pose_extraction.extract import PoseConfig, distributed_shard, run_extract
 
 log = logging.getLogger("pose_extraction")
-
-
-def build_estimator_from(cfg: PoseConfig) -> Any:
-    """The estimator named in `cfg`, with weights from `cfg.weights` or the local cache."""
-    from pose_extraction import weights as wcache
-    from pose_extraction.estimators import build_estimator, get_estimator_class, load_settings
-
-    cls = get_estimator_class(cfg.estimator)
-    if not getattr(cls, "needs_weights", True):  # the stand-in: no model, no weights
-        return cls()
-    path = wcache.resolve(cfg.estimator, "estimator", cfg.weights or None)
-    settings = load_settings(cfg.estimator, cfg.estimator_settings or None)
-    return build_estimator(
-        cfg.estimator,
-        weights=str(path),
-        device=_device(cfg.device),
-        batch_size=cfg.batch_size,
-        flip_test=cfg.flip_test,
-        settings=settings,
-    )
-
-
-def build_detector_from(cfg: PoseConfig) -> Any:
-    from pose_extraction import weights as wcache
-    from pose_extraction.detect import PersonDetector
-
-    d = cfg.detector
-    path = wcache.resolve(cfg.estimator, "detector", d.weights or None)
-    return PersonDetector(
-        weights=str(path),
-        device=_device(cfg.device),
-        score_threshold=d.score_threshold,
-        min_area=d.min_area,
-        batch_size=d.batch_size,
-    )
-
-
-def _device(name: str) -> str:
-    if name != "auto":
-        if name.startswith("cuda"):
-            import torch
-
-            if not torch.cuda.is_available():
-                raise RuntimeError("DEVICE=cuda but no CUDA GPU is visible; use DEVICE=cpu (or auto)")
-        return name
-    try:
-        import torch
-    except ImportError:
-        return "cpu"
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _parse_shard(text: str | None) -> tuple[int, int]:
@@ -102,13 +52,11 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     videos = list_videos(args.videos)
     check_unique_video_ids(videos)  # before any model is loaded
     shard = _parse_shard(args.shard)
-    estimator = build_estimator_from(cfg)
-    detector = build_detector_from(cfg) if getattr(estimator, "needs_boxes", True) else None
+    extractor = build_extractor(cfg)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    extractor = VideoExtractor(cfg=cfg, estimator=estimator, detector=detector)
     if not args.no_overwrite:  # the records will all match it; with --no-overwrite, only if none was refused
-        write_text_if_changed(out / "pose_config.yaml", dump_yaml(to_dict(cfg)))
+        write_text_if_changed(out / "pose_config.yaml", dump_yaml(extractor.effective_config()))
     run_extract(
         extractor,
         videos,
@@ -119,7 +67,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
     )
     if args.no_overwrite:
-        write_text_if_changed(out / "pose_config.yaml", dump_yaml(to_dict(cfg)))
+        write_text_if_changed(out / "pose_config.yaml", dump_yaml(extractor.effective_config()))
     return 0
 
 
@@ -146,7 +94,7 @@ def _cmd_image(args: argparse.Namespace) -> int:
     sets = list(args.set) + [f"estimator={args.estimator}", f"device={args.device}"]
     cfg = load_config(PoseConfig, args.config, sets + ([f"weights={args.weights}"] if args.weights else []))
     estimator = build_estimator_from(cfg)
-    if getattr(estimator, "needs_boxes", True):
+    if estimator.needs_boxes:
         if given is not None:
             boxes = given
             box_scores = np.ones(len(boxes), np.float32)

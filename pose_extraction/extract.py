@@ -30,9 +30,11 @@ from typing import Any, Literal
 import numpy as np
 
 from pipeline.atomic import remove_orphaned_temps
+from pipeline.config import to_dict
 from pipeline.datasets import check_unique_video_ids
 from pipeline.schema import SCHEMA_VERSION, read_record, write_record
 from pose_extraction import cache
+from pose_extraction.estimators import check_estimator
 from pose_extraction.tracking import TrackingConfig, track_persons
 
 log = logging.getLogger(__name__)
@@ -63,8 +65,8 @@ class PoseConfig:
     device: str = "auto"
     reader: Literal["opencv", "pyav", "decord"] = "opencv"
     chunk_size: int = 32
-    batch_size: int = 32
-    flip_test: bool = True
+    batch_size: int | None = None  # None: the estimator's settings file (or its default)
+    flip_test: bool | None = None  # None: likewise
     estimator_settings: str = ""  # YAML of estimator settings; empty: configs/estimators/<estimator>.yaml
     max_failures: int = 0  # failed videos tolerated before the run exits non-zero
     video_key: Literal["stat", "sha256"] = "stat"  # a video's identity in the cache key (cache.py)
@@ -73,9 +75,9 @@ class PoseConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:  # bad settings fail before any video is read
-        for name in ("chunk_size", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name, value in (("chunk_size", self.chunk_size), ("batch_size", self.batch_size)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         if self.max_failures < 0:
             raise ValueError(f"max_failures must be >= 0, got {self.max_failures}")
         d = self.detector
@@ -110,11 +112,12 @@ class VideoExtractor:
     """Runs one estimator (and the detector it needs) over videos."""
 
     def __init__(self, *, cfg: PoseConfig, estimator: Any, detector: Any | None) -> None:
-        if getattr(estimator, "needs_boxes", True) and detector is None:
+        check_estimator(estimator, cfg.estimator)
+        if estimator.needs_boxes and detector is None:
             raise ValueError(f"estimator {cfg.estimator!r} is top-down and needs a person detector")
         self.cfg, self.estimator, self.detector = cfg, estimator, detector
         self.tracking = cfg.tracking
-        cap = getattr(estimator, "max_persons", None)  # single-person models (BlazePose): M = 1
+        cap = estimator.max_persons  # single-person models (BlazePose): M = 1, whatever the config says
         if cap is not None and self.tracking.max_persons > cap:
             self.tracking = dataclasses.replace(self.tracking, max_persons=cap)
         self.settings = self._content_settings()
@@ -131,10 +134,10 @@ class VideoExtractor:
         est_settings = {k: v for k, v in est_settings.items() if k not in ("batch_size", "device")}
         settings = {
             "estimator": cfg.estimator,
-            "estimator_version": str(getattr(est, "version", "")),
-            "weights": cache.file_identity(getattr(est, "weights", "")),
+            "estimator_version": est.version,
+            "weights": cache.file_identity(est.weights),
             "estimator_settings": est_settings,
-            "flip_test": bool(getattr(est, "flip_test", cfg.flip_test)),
+            "flip_test": bool(getattr(est, "flip_test", False)),  # models without a flip test: False
             "reader": cfg.reader,
             "extractor_version": cfg.extractor_version,
             "tracking": asdict(self.tracking),
@@ -147,6 +150,10 @@ class VideoExtractor:
                 "weights": cache.file_identity(getattr(d, "weights", None)),
             }
         return settings
+
+    def effective_config(self) -> dict:
+        """The config as applied (tracking capped by the estimator), for `OUT/pose_config.yaml`."""
+        return {**to_dict(self.cfg), "tracking": asdict(self.tracking)}
 
     def key_for(self, video: Path) -> dict:
         """The cache key a record of `video` made by this extractor carries."""
@@ -166,7 +173,7 @@ class VideoExtractor:
                     dets = self.detector.detect(frames)
                     fb = [d[0] for d in dets]
                     fs = [d[1] for d in dets]
-                    poses = self.estimator.estimate(frames, fb)
+                    poses = self.estimator.estimate(frames, fb, start_index=start)
                 else:
                     poses = self.estimator.estimate(frames, None, start_index=start)
                     fb, fs = [None] * len(frames), [None] * len(frames)
@@ -192,8 +199,8 @@ class VideoExtractor:
             "person_ids": tracked["person_ids"],
             "estimator": {
                 "name": self.cfg.estimator,
-                "weights": str(getattr(self.estimator, "weights", "")),
-                "version": str(getattr(self.estimator, "version", "")),
+                "weights": self.estimator.weights,
+                "version": self.estimator.version,
             },
             "schema_version": SCHEMA_VERSION,
             "extractor_version": EXTRACTOR_VERSION,

@@ -389,10 +389,15 @@ class TopDownEstimator:
 
     # -- public API
 
+    needs_boxes = True
+    max_persons = None  # every box the detector finds
+
     def estimate(
-        self, frames: Sequence[np.ndarray], boxes: Sequence[np.ndarray]
+        self, frames: Sequence[np.ndarray], boxes: Sequence[np.ndarray], *, start_index: int = 0
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Keypoints for every box of every frame; crops of all frames share forward passes.
+
+        `start_index` is part of the common signature (`PoseEstimator`); frames are independent here.
 
         Args:
             frames: RGB uint8 images [H, W, 3].

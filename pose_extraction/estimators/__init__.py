@@ -1,12 +1,15 @@
 """Estimator registry: a short name -> the lazily imported class that turns frames into poses.
 
-Contract (top-down estimators, `pose_extraction.topdown.TopDownEstimator`):
-`estimate(frames, boxes)` takes RGB uint8 frames [H, W, 3] and per frame float32 boxes
-[k_i, 4] (x1, y1, x2, y2) and returns per frame (keypoints float32 [k_i, 17, 2] in image
-pixels, COCO-17 order; scores float32 [k_i, 17] in [0, 1]). Constructors are keyword-only
-and take `weights` (a checkpoint path, or None for random weights in tests), `device`,
-`batch_size`, `flip_test` and their codec/size settings, the keys of
-`configs/estimators/<name>.yaml`.
+Every registered class satisfies `PoseEstimator` (checked when it is built): one `estimate`
+signature for top-down and bottom-up models, and the attributes stage 1 reads instead of
+probing. Constructors are keyword-only and take `weights` (a checkpoint path, or None: random
+weights in tests, or no file at all for models that ship theirs), `device`, and their settings,
+the keys of `configs/estimators/<name>.yaml` (`batch_size`, `flip_test`, codec and sizes).
+`pose_extraction/build.py` builds them from a `PoseConfig`.
+
+Adding an estimator: its module with a class satisfying `PoseEstimator`, one line in
+`ESTIMATORS`, and (optionally) `configs/estimators/<name>.yaml`; the registry-wide tests
+(tests/pose_extraction/test_registry.py) then build and check it with no test edit.
 
 Importing this module imports no torch, transformers or timm: `get_estimator_class` imports
 the one adapter asked for.
@@ -18,9 +21,11 @@ import difflib
 import importlib
 import inspect
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
 
 ESTIMATORS: dict[str, str] = {
     "vitpose": "pose_extraction.estimators.vitpose:ViTPoseEstimator",
@@ -37,7 +42,71 @@ _BUILD_ARGS = ("weights", "device")
 
 class EstimatorError(RuntimeError):
     """An estimator cannot be built: missing weights file, checkpoint of another architecture,
-    unknown setting."""
+    unknown setting, a class that breaks the `PoseEstimator` contract."""
+
+
+Poses = list[tuple[np.ndarray, np.ndarray]]
+
+
+@runtime_checkable
+class PoseEstimator(Protocol):
+    """What stage 1 needs of an estimator.
+
+    Attributes:
+        name: its registry key (the record's `estimator.name`).
+        needs_boxes: True for a top-down model: `estimate` takes the detector's boxes per frame;
+            False for a bottom-up one (or one with its own detector): boxes must be None.
+        needs_weights: False where no weights file is read (the model ships in its package, or
+            there is no model: the stand-in); `make weights` is then not needed.
+        max_persons: the most persons it reports in a frame (BlazePose: 1), or None for any;
+            tracking keeps at most this many (`tracking.max_persons` is capped to it).
+        weights: provenance: the weights file, or what the model is ("random" in tests).
+        version: provenance: architecture/codec or package version.
+    """
+
+    name: str
+    needs_boxes: bool
+    needs_weights: bool
+    max_persons: int | None
+    weights: str
+    version: str
+
+    def estimate(
+        self, frames: Sequence[np.ndarray], boxes: Sequence[np.ndarray] | None = None, *, start_index: int = 0
+    ) -> Poses:
+        """Poses of consecutive frames of one video.
+
+        Args:
+            frames: RGB uint8 [H, W, 3] images.
+            boxes: top-down: per frame float32 [k_i, 4] person boxes (x1, y1, x2, y2), k_i >= 0;
+                bottom-up: None.
+            start_index: index of frames[0] in its video (0 starts a new video: trackers reset).
+
+        Returns:
+            per frame (keypoints float32 [k, 17, 2] image pixels, COCO-17 order; scores float32
+            [k, 17], >= 0; callers clip them to [0, 1]); top-down: k = k_i, box order kept.
+        """
+        ...
+
+
+def check_estimator(obj: Any, name: str) -> None:
+    """Raise EstimatorError unless `obj` satisfies `PoseEstimator` with values of the right types."""
+    types = {"name": str, "needs_boxes": bool, "needs_weights": bool, "weights": str, "version": str}
+    bad = [a for a, t in types.items() if not isinstance(getattr(obj, a, None), t)]
+    mp = getattr(obj, "max_persons", "absent")
+    if not (mp is None or (isinstance(mp, int) and not isinstance(mp, bool) and mp >= 1)):
+        bad.append("max_persons")
+    if not callable(getattr(obj, "estimate", None)):
+        bad.append("estimate")
+    elif "start_index" not in inspect.signature(obj.estimate).parameters:
+        bad.append("estimate(..., start_index=)")
+    if bad:
+        raise EstimatorError(
+            f"estimator {name!r} ({type(obj).__name__}) breaks the PoseEstimator contract: "
+            f"{', '.join(bad)} missing or of the wrong type"
+        )
+    if obj.name != name:
+        raise EstimatorError(f"estimator registered as {name!r} calls itself {obj.name!r}")
 
 
 def missing_weights_message(name: str, path: str | os.PathLike) -> str:
@@ -124,8 +193,11 @@ def build_estimator(
             raise EstimatorError(
                 f"{name} setting {key!r}: expected {type(default).__name__} like {default!r}, got {value!r}"
             )
-    if batch_size is not None:
-        kwargs["batch_size"] = batch_size
-    if flip_test is not None:
-        kwargs["flip_test"] = flip_test
-    return cls(weights=weights, device=device, **kwargs)
+    for key, value in (("batch_size", batch_size), ("flip_test", flip_test)):
+        if value is not None:
+            if key not in valid:
+                raise EstimatorError(f"{name} has no {key} setting (valid: {', '.join(sorted(valid))})")
+            kwargs[key] = value
+    estimator = cls(weights=weights, device=device, **kwargs)
+    check_estimator(estimator, name)
+    return estimator

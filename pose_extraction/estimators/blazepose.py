@@ -9,8 +9,9 @@ environment `.venv-mediapipe` (`scripts/make_mediapipe_venv.sh`); the Makefile p
 `ESTIMATOR=blazepose`.
 
 **Single person.** BlazePose finds at most one person per frame (its detector seeds one
-region, which it then tracks), so a record from it holds M <= 1: run the driver with
-`tracking.max_persons=1` (the Makefile does). In a crowd it follows whoever it locked on to.
+region, which it then tracks), so a record from it holds M <= 1: its `max_persons = 1` caps
+`tracking.max_persons` in the driver, whatever the config says. In a crowd it follows whoever
+it locked on to.
 
 Bottom-up interface (no boxes): `estimate(frames, None, start_index=i)` takes consecutive RGB
 uint8 frames [H, W, 3] of one video, chunk by chunk, and returns per frame (keypoints float32

@@ -72,7 +72,7 @@ class HRNetEstimator(TopDownEstimator):
         variant: timm HRNet name.
     """
 
-    needs_boxes = True
+    name = "hrnet"
     needs_weights = True
 
     def __init__(

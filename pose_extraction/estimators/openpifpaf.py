@@ -156,6 +156,7 @@ class OpenPifPafEstimator:
     needs_boxes = False
     needs_weights = True
     name = "openpifpaf"
+    max_persons = None
 
     def __init__(
         self,

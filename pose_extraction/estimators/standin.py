@@ -46,8 +46,11 @@ class StandInEstimator:
     name = "standin"
     weights = ""
     version = "1"
+    max_persons = None
 
-    def __init__(self, *, brightness_threshold: float = 8.0) -> None:
+    def __init__(self, *, weights: str | None = None, device: str = "cpu", brightness_threshold: float = 8.0) -> None:
+        if weights:
+            raise ValueError(f"the stand-in takes no weights (got {weights})")
         self.brightness_threshold = brightness_threshold
 
     def estimate(

@@ -54,7 +54,7 @@ class ViTPoseEstimator(TopDownEstimator):
         decoder: "classic" (deconvolutions) or "simple" (upsample + 3x3 conv).
     """
 
-    needs_boxes = True
+    name = "vitpose"
     needs_weights = True
 
     def __init__(
