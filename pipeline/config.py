@@ -28,10 +28,14 @@ class ConfigError(ValueError):
     """A config file, key or value is invalid."""
 
 
-def _closest(key: str, valid: Sequence[str]) -> str:
+def did_you_mean(key: str, valid: Sequence[str]) -> str:
+    """ "; did you mean 'x'?" with the closest valid name, or "" when there is none (every stage's hint)."""
     match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.0)
-    hint = f"; did you mean {match[0]!r}?" if match else ""
-    return f"{hint} (valid keys: {', '.join(sorted(valid))})"
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def _closest(key: str, valid: Sequence[str]) -> str:
+    return f"{did_you_mean(key, valid)} (valid keys: {', '.join(sorted(valid))})"
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:

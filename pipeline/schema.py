@@ -63,25 +63,19 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 NUM_JOINTS = 17
+# fmt: off
 COCO17_JOINTS = (
-    "nose",
-    "left_eye",
-    "right_eye",
-    "left_ear",
-    "right_ear",
-    "left_shoulder",
-    "right_shoulder",
-    "left_elbow",
-    "right_elbow",
-    "left_wrist",
-    "right_wrist",
-    "left_hip",
-    "right_hip",
-    "left_knee",
-    "right_knee",
-    "left_ankle",
-    "right_ankle",
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
+    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow",
+    "left_wrist", "right_wrist", "left_hip", "right_hip",
+    "left_knee", "right_knee", "left_ankle", "right_ankle",
 )
+COCO17_EDGES = (  # the skeleton drawn in overlays and figures: face, arms, torso, legs
+    (0, 1), (0, 2), (1, 3), (2, 4),
+    (5, 6), (5, 7), (7, 9), (6, 8), (8, 10),
+    (5, 11), (6, 12), (11, 12), (11, 13), (13, 15), (12, 14), (14, 16),
+)
+# fmt: on
 _READ_FLOATS = (np.float16, np.float32, np.float64)
 _PICKLE_PROTOCOL = 4
 

@@ -8,26 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.schema import COCO17_EDGES
+
 log = logging.getLogger(__name__)
 
-COCO_EDGES = (
-    (0, 1),
-    (0, 2),
-    (1, 3),
-    (2, 4),
-    (5, 6),
-    (5, 7),
-    (7, 9),
-    (6, 8),
-    (8, 10),
-    (5, 11),
-    (6, 12),
-    (11, 12),
-    (11, 13),
-    (13, 15),
-    (12, 14),
-    (14, 16),
-)
 _COLORS = ((66, 135, 245), (245, 96, 66), (80, 200, 120), (230, 200, 40))  # RGB per person slot
 
 
@@ -44,7 +28,7 @@ def draw_poses(
             continue
         color = _COLORS[m % len(_COLORS)]
         pts = kp[m].round().astype(int)
-        for a, b in COCO_EDGES:
+        for a, b in COCO17_EDGES:
             if score[m, a] > min_score and score[m, b] > min_score:
                 cv2.line(img, tuple(pts[a]), tuple(pts[b]), color, thick, cv2.LINE_AA)
         for j in range(17):

@@ -32,6 +32,8 @@ from typing import IO, Any
 import torch
 from torch import Tensor, nn
 
+from pipeline.state_dicts import compare_shapes
+
 log = logging.getLogger(__name__)
 
 PRETRAINED = "motionbert_pretrained"
@@ -281,15 +283,13 @@ def load_into(
     allow_missing = set(allow_missing)
     prefixes = tuple(allow_missing_prefixes)
     expected = model.state_dict()
-    absent = sorted(set(expected) - set(state))
-    left_out = [k for k in absent if k in allow_missing or k.startswith(prefixes)]
-    missing = [k for k in absent if k not in left_out]
-    unexpected = sorted(set(state) - set(expected))
-    mis_shaped = [
-        f"{k}: model {tuple(expected[k].shape)} vs checkpoint {tuple(state[k].shape)}"
-        for k in sorted(set(state) & set(expected))
-        if expected[k].shape != state[k].shape
-    ]
+    diff = compare_shapes(
+        {k: tuple(v.shape) for k, v in expected.items()}, {k: tuple(v.shape) for k, v in state.items()}
+    )
+    left_out = [k for k in diff.missing if k in allow_missing or k.startswith(prefixes)]
+    missing = [k for k in diff.missing if k not in left_out]
+    unexpected = diff.unexpected
+    mis_shaped = [f"{k}: model {want} vs checkpoint {got}" for k, got, want in diff.mis_shaped]
 
     problems = []
     if _CLASSIFIER_KEY in state and _CLASSIFIER_KEY in expected:

@@ -17,7 +17,6 @@ the one adapter asked for.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 import os
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from pipeline.config import did_you_mean
 
 ESTIMATORS: dict[str, str] = {
     "vitpose": "pose_extraction.estimators.vitpose:ViTPoseEstimator",
@@ -185,8 +186,7 @@ def build_estimator(
     defaults = {p: v.default for p, v in inspect.signature(cls.__init__).parameters.items()}
     for key, value in kwargs.items():
         if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(key, valid)
             raise EstimatorError(f"unknown {name} setting {key!r}{hint} (valid: {', '.join(sorted(valid))})")
         default = defaults[key]
         if default is not inspect.Parameter.empty and default is not None and not _same_type(value, default):

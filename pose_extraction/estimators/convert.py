@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.state_dicts import compare_shapes
 from pose_extraction.estimators import EstimatorError, missing_weights_message
 
 if TYPE_CHECKING:
@@ -104,13 +105,9 @@ def check_state_dict(model_sd: Mapping[str, torch.Tensor], sd: StateDict, *, wha
     for key in model_sd:
         if key.endswith("num_batches_tracked") and key not in sd:
             sd[key] = model_sd[key].clone()
-    missing = sorted(set(model_sd) - set(sd))
-    unexpected = sorted(set(sd) - set(model_sd))
-    shapes = sorted(
-        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(model_sd[k].shape)}"
-        for k in set(sd) & set(model_sd)
-        if sd[k].shape != model_sd[k].shape
-    )
+    diff = compare_shapes({k: tuple(v.shape) for k, v in model_sd.items()}, {k: tuple(v.shape) for k, v in sd.items()})
+    missing, unexpected = diff.missing, diff.unexpected
+    shapes = [f"{k}: checkpoint {got} vs model {want}" for k, got, want in diff.mis_shaped]
     if missing or unexpected or shapes:
         parts = [
             f"{what}: the checkpoint does not match the model's architecture "

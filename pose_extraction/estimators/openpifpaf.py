@@ -43,29 +43,12 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.schema import COCO17_JOINTS
 from pose_extraction.estimators import EstimatorError, missing_weights_message
 
 log = logging.getLogger(__name__)
 
-COCO_KEYPOINTS = (
-    "nose",
-    "left_eye",
-    "right_eye",
-    "left_ear",
-    "right_ear",
-    "left_shoulder",
-    "right_shoulder",
-    "left_elbow",
-    "right_elbow",
-    "left_wrist",
-    "right_wrist",
-    "left_hip",
-    "right_hip",
-    "left_knee",
-    "right_knee",
-    "left_ankle",
-    "right_ankle",
-)
+COCO_KEYPOINTS = COCO17_JOINTS  # the order OpenPifPaf's cocokp head must have
 PAD_MULTIPLE = 16  # OpenPifPaf's CenterPadTight(16): sides become 16 k + 1
 PAD_FILL = (124, 116, 104)  # its padding colour (RGB)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
