@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-from recognition.preprocess import PreprocessOptions
+from recognition.preprocess import PreprocessOptions, faithful_options
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,6 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if not cfg.faithful:
         return cfg
     model = dataclasses.replace(cfg.model, faithful_residual_bug=cfg.model.backbone == "transformer")
-    data = dataclasses.replace(cfg.data, conf_order="coco", track_swaps_conf=False, resample_per_item=False)
+    data = faithful_options(cfg.data)
     mclr = dataclasses.replace(cfg.maskclr, sc_p_dim=0, cc_detach=True, cc_update_on_val=True, supcon_rowmax=True)
     return dataclasses.replace(cfg, model=model, data=data, maskclr=mclr, noise_per_person=False)

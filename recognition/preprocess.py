@@ -58,10 +58,13 @@ class PreprocessOptions:
             raise ValueError(f"scale_test must be > 0, got {self.scale_test}")
 
 
-def faithful_options(**overrides) -> PreprocessOptions:
-    """Options reproducing the official MotionBERT/MaskCLR data pipeline (switches F3, F4, F5), then `overrides`."""
-    official = dict(conf_order="coco", track_swaps_conf=False, resample_per_item=False)
-    return dataclasses.replace(PreprocessOptions(**official), **overrides)
+# The official MotionBERT/MaskCLR data pipeline's quirks, the one place switches F3, F4, F5 are set.
+OFFICIAL_DATA_SWITCHES = {"conf_order": "coco", "track_swaps_conf": False, "resample_per_item": False}
+
+
+def faithful_options(base: PreprocessOptions | None = None, **overrides) -> PreprocessOptions:
+    """`base` (default: the defaults) with the official data pipeline's switches F3, F4, F5, then `overrides`."""
+    return dataclasses.replace(base or PreprocessOptions(), **{**OFFICIAL_DATA_SWITCHES, **overrides})
 
 
 def resample_indices(t_orig: int, clip_len: int, *, train: bool, rng: np.random.Generator | None = None) -> np.ndarray:
