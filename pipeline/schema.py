@@ -43,6 +43,7 @@ Pickles are read by `load_pickle` with the restricted unpickler of `pipeline/unp
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -120,9 +121,36 @@ def load_pickle(path: str | os.PathLike) -> Any:
         raise SchemaError(src, "file", "a pickle", f"{type(exc).__name__}: {_clip(str(exc), 200)}") from None
 
 
+class _PortablePickler(pickle._Pickler):
+    """Protocol 4, numpy's globals under their `numpy.core.*` names.
+
+    numpy 2 names its reconstruction functions `numpy._core.*`, which numpy < 1.26 (PYSKL's and
+    MMAction2's environments) cannot import; `numpy.core.*` is what numpy 1.x writes and both
+    1.x and 2.x resolve (2.x through its compatibility module). The pure-Python pickler is the
+    one whose global references can be renamed.
+    """
+
+    def save_global(self, obj: Any, name: str | None = None) -> None:
+        module = getattr(obj, "__module__", None) or ""
+        if module == "numpy._core" or module.startswith("numpy._core."):
+            self.save("numpy.core" + module[len("numpy._core") :])
+            self.save(name or obj.__qualname__)
+            self.write(pickle.STACK_GLOBAL)
+            self.memoize(obj)
+            return
+        super().save_global(obj, name)
+
+
+def dumps_portable(obj: Any) -> bytes:
+    """`obj` pickled for numpy 1.x and 2.x alike (see `_PortablePickler`)."""
+    buf = io.BytesIO()
+    _PortablePickler(buf, protocol=_PICKLE_PROTOCOL).dump(obj)
+    return buf.getvalue()
+
+
 def save_pickle(obj: Any, path: str | os.PathLike) -> None:
-    """Pickle `obj` to `path` atomically."""
-    atomic_write_bytes(path, pickle.dumps(obj, protocol=_PICKLE_PROTOCOL))
+    """Pickle `obj` to `path` atomically, readable by numpy 1.x and 2.x (PYSKL's environments too)."""
+    atomic_write_bytes(path, dumps_portable(obj))
 
 
 # ------------------------------------------------------------------------------------------

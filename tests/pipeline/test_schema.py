@@ -418,3 +418,36 @@ def test_validate_cli_reports_index_errors(tmp_path, case, fragment):
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 1 and res.stdout == "" and len(lines) == 1, res.stderr
     assert lines[0].startswith(f"error: {path}") and fragment in lines[0]
+
+
+def test_written_pickles_name_only_numpy_core_globals(tmp_path):
+    """numpy < 1.26 (PYSKL's environment) has no `numpy._core`: our files reference `numpy.core.*` only,
+    and an unpickler that knows only those names (as numpy 1.x's) reads them."""
+    import io
+    import pickle
+    import pickletools
+
+    from tests.helpers import make_index, make_record
+
+    rec, index = make_record(T=12), make_index(6, T=12)
+    rec["fps"] = np.float32(25.0)  # a numpy scalar too
+    schema.write_record(rec, tmp_path / "r.pkl")
+    schema.write_index(index, tmp_path / "i.pkl")
+    for path in (tmp_path / "r.pkl", tmp_path / "i.pkl"):
+        data = path.read_bytes()
+        names = {a for op, a, _ in pickletools.genops(data) if isinstance(a, str) and a.startswith("numpy")}
+        names |= {a.split()[0] for op, a, _ in pickletools.genops(data) if op.name == "GLOBAL"}
+        assert names and all(n == "numpy" or n.startswith("numpy.core.") for n in names), names
+
+        class Numpy1Unpickler(pickle.Unpickler):
+            def find_class(self, module, name):
+                assert not module.startswith("numpy._core"), module
+                return super().find_class(module, name)
+
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # numpy 2's numpy.core shim
+            loaded = Numpy1Unpickler(io.BytesIO(data)).load()
+        assert schema.load_pickle(path).keys() == loaded.keys()
+    np.testing.assert_array_equal(schema.read_record(tmp_path / "r.pkl")["keypoint"], rec["keypoint"])
