@@ -33,7 +33,9 @@ def test_registered_class_declares_the_contract(name):
     assert isinstance(cls.needs_boxes, bool) and isinstance(cls.needs_weights, bool)
     assert cls.max_persons is None or (isinstance(cls.max_persons, int) and cls.max_persons >= 1)
     params = inspect.signature(cls.estimate).parameters
-    assert list(params)[:3] == ["self", "frames", "boxes"] and params["start_index"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert (
+        list(params)[:3] == ["self", "frames", "boxes"] and params["start_index"].kind is inspect.Parameter.KEYWORD_ONLY
+    )
     ctor = inspect.signature(cls.__init__).parameters
     assert {"weights", "device"} <= set(ctor) and all(
         p.kind is inspect.Parameter.KEYWORD_ONLY for n, p in ctor.items() if n != "self"
@@ -92,3 +94,22 @@ def test_cli_batch_size_applies_only_when_given():
     assert build_estimator("hrnet", weights=None, settings=settings).batch_size == 5
     assert build_estimator("hrnet", weights=None, settings=settings, batch_size=7).batch_size == 7
     assert hrnet.needs_boxes
+
+
+def test_device_under_torchrun_is_the_ranks_gpu(monkeypatch):
+    """Each torchrun rank extracts on cuda:LOCAL_RANK ("auto" and "cuda"); an explicit cuda:N is kept."""
+    import torch
+
+    from pipeline.devices import DeviceError
+    from pose_extraction.build import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert resolve_device("auto") == "cuda:3" and resolve_device("cuda") == "cuda:3"
+    assert resolve_device("cuda:1") == "cuda:1" and resolve_device("cpu") == "cpu"
+    monkeypatch.setenv("LOCAL_RANK", "5")
+    with pytest.raises(DeviceError, match="only 4 GPU"):
+        resolve_device("auto")
+    monkeypatch.delenv("LOCAL_RANK")
+    assert resolve_device("auto") == "cuda"
