@@ -1,7 +1,8 @@
-"""Diagnostics of docs/method.md §8 and §13.1: AUCs, confusion pairs, class-wise accuracy, pose quality, t-SNE.
+"""Diagnostics of docs/method.md §8 and §13.1: accuracy, AUCs, confusion pairs, class-wise accuracy, poses, t-SNE.
 
-Pure numpy (scikit-learn only inside `tsne_embedding`); no torch, no files. The report (`recognition.report`) turns
-what these return into tables and figures.
+Pure numpy (scikit-learn only inside `tsne_embedding`); no torch, no files. The one home of the metrics on logits
+(`topk_accuracy`, `confusion_matrix`, `class_accuracy`). The report (`recognition.report`) turns what these return into
+tables and figures; `recognition.evaluate` computes its metrics with the same functions.
 """
 
 from __future__ import annotations
@@ -13,6 +14,26 @@ import numpy as np
 NTU_NAME = re.compile(r"S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})")
 # NTU mutual (two-person) actions, 1-based action numbers: A050-A060 (NTU60) and A106-A120 (NTU120).
 NTU_TWO_PERSON_ACTIONS = frozenset([*range(50, 61), *range(106, 121)])
+
+
+def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
+    """Top-k accuracy in percent: the share of samples whose label is among the k highest logits; 0 without samples.
+
+    Args:
+        logits: [N, C].
+        labels: [N] true classes.
+        k: 1 takes the argmax (ties go to the lower class); k > 1 the first k of `np.argsort(-logits)`.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    logits, labels = np.asarray(logits), np.asarray(labels)
+    if len(labels) == 0:
+        return 0.0
+    if k == 1:
+        hit = logits.argmax(1) == labels  # [N]
+    else:
+        hit = (np.argsort(-logits, axis=1)[:, :k] == labels[:, None]).any(1)  # [N, k] -> [N]
+    return float(100.0 * np.mean(hit))
 
 
 def rise_auc(scores: np.ndarray) -> float | np.ndarray:

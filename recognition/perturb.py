@@ -1,7 +1,12 @@
-"""Perturbations of docs/method.md §8 (robustness protocols): pure numpy functions on clip arrays.
+"""Perturbations of docs/method.md §8 (robustness protocols): pure numpy functions on clip arrays, and their table.
 
 Each perturbation is a pure function of its inputs and an explicit `np.random.Generator`; nothing here seeds a global
-RNG or touches torch. Where each one plugs into the preprocessing of docs/method.md §2 (`SPACE`):
+RNG or touches torch. `PERTURBATIONS` (at the end) is the one table of them: name -> `PerturbationSpec` (where it acts,
+whether it is seeded, its parameters and identity, the function that applies it, its label, its random stream and its
+report sweep). `recognition.robustness` runs the table with a result cache and `recognition.report` draws its sweeps;
+adding a perturbation is a function here plus one entry (plus a `ReportConfig` grid when it gets a report sweep).
+
+Where each one plugs into the preprocessing of docs/method.md §2 (`PerturbationSpec.space`):
 
 - "screen": screen-normalised space (`make_cam`, [-1, 1]), before tracking, the COCO -> H36M conversion, resampling and
   `crop_scale`; this is where docs/method.md §8(a) adds Gaussian noise. `recognition.preprocess.preprocess_clip`
@@ -17,15 +22,16 @@ Axis letters: M persons, T frames, V joints, C channels.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from recognition.preprocess import add_gaussian_noise, normalize_screen
 
-SPACE = {"gaussian": "screen", "spatial": "screen", "shift": "model", "mask_targeted": "model", "mask_random": "model"}
-
 __all__ = [
-    "SPACE",
+    "PERTURBATIONS",
+    "PerturbationSpec",
+    "ReportSweep",
     "gaussian_noise",
     "spatial_noise",
     "perturb_pixels",
@@ -169,3 +175,194 @@ def first_units_mask(ranks: np.ndarray, units: np.ndarray, step: int, n_steps: i
     """
     count = np.rint(units * (step / n_steps)).astype(np.int64)  # [N]
     return ranks < count[:, None, None, None]
+
+
+@dataclass(frozen=True)
+class ReportSweep:
+    """The report's accuracy-vs-value section of a seeded perturbation (`recognition.report`).
+
+    Attributes:
+        section: the section's name (its CSV/PNG file stem and `--only` argument).
+        grid: the `ReportConfig` field listing the values.
+        heading: the section's title.
+        text: its paragraph.
+        column: the table's value column.
+        xlabel: the figure's x-axis label.
+        title: the figure's title.
+        categorical: evenly spaced x ticks labelled with the values (else a numeric x axis).
+        with_identity: the identity value (the clean evaluation) is added to the grid.
+    """
+
+    section: str
+    grid: str
+    heading: str
+    text: str
+    column: str
+    xlabel: str
+    title: str
+    categorical: bool
+    with_identity: bool = False
+
+
+@dataclass(frozen=True)
+class PerturbationSpec:
+    """One perturbation: what the sweeps (`recognition.robustness`), their cache and the report need to know of it.
+
+    Attributes:
+        space: "screen" or "model", where it acts (see the module docstring).
+        apply: the function; how it is called depends on the space:
+            - screen: `apply(xy [M, T, V, 2], value, rng, *, per_person) -> xy`, through `perturb_pixels`;
+            - model: `apply(x [M, T, V, 3], value, rng, saliency [M, T, V] | None) -> x` on one clip, then one forward;
+            - model with `curve`: `apply(x [..., V, 3], first [..., V]) -> x` at each step, `first` = the tokens
+              ranked first by saliency at that step (`first_units_mask`);
+            - None: the clean evaluation.
+        params: the `Perturbation` fields that name one condition of it; they enter its cache key.
+        label: a short label for logs and tables, formatted with kind, value, k = int(value), layer and steps.
+        identity: the `value` that means "no perturbation" (that condition is the clean evaluation); None: none.
+        seeded: the result depends on the seed, which then enters the cache key.
+        rng_tag: the random stream. Clip i with seed s draws from `default_rng([s, i, rng_tag])` (s = 0 when not
+            seeded); None: `default_rng([s, i])` when seeded (SkeletonDataset's noisy test stream), else no draws.
+            Different tags keep the draws of different perturbations apart.
+        via_preprocess: `preprocess_clip` adds it itself (`noise_sigma`, with the same function as `apply`), so its
+            numbers are those of `python -m recognition evaluate --noise-sigma` bit for bit.
+        noise_mode: `apply` gets the report's noise mode as per_person (independent per person, or the official
+            broadcast, switch F6), and the mode enters the cache key; otherwise per_person is True.
+        saliency: `apply` needs the attention each token receives in the clean pass: the last layer's, or the `layer`
+            parameter's when the spec has one ("random": a random order drawn from its stream).
+        curve: the result is a curve (the score after each of `steps` steps) instead of logits.
+        example: a value that perturbs; the tests run every entry at it.
+        sweep: the report's accuracy-vs-value section, or None.
+    """
+
+    space: str
+    apply: Callable | None
+    params: tuple[str, ...]
+    label: str
+    identity: float | None = None
+    seeded: bool = False
+    rng_tag: int | None = None
+    via_preprocess: bool = False
+    noise_mode: bool = False
+    saliency: bool = False
+    curve: bool = False
+    example: float | None = None
+    sweep: ReportSweep | None = None
+
+    def __post_init__(self) -> None:
+        if self.space not in ("screen", "model"):
+            raise ValueError(f"space must be 'screen' or 'model', got {self.space!r}")
+
+    def rng(self, seed: int | None, clip: int) -> np.random.Generator | None:
+        """The generator of the clip at position `clip` under `seed` (see `rng_tag`); None if it draws nothing."""
+        if not self.seeded and self.rng_tag is None:
+            return None
+        stream = [seed if self.seeded else 0, int(clip)]
+        return np.random.default_rng(stream if self.rng_tag is None else [*stream, self.rng_tag])
+
+
+# The perturbations of docs/method.md §8. A name is its cache-key "kind": renaming one invalidates cached results.
+PERTURBATIONS: dict[str, PerturbationSpec] = {
+    "clean": PerturbationSpec(space="model", apply=None, params=(), label="clean"),
+    "gaussian": PerturbationSpec(  # §8(a)
+        space="screen",
+        apply=gaussian_noise,
+        params=("value",),
+        label="gaussian σ={value:g}",
+        identity=0.0,
+        seeded=True,
+        via_preprocess=True,
+        noise_mode=True,
+        example=0.01,
+        sweep=ReportSweep(
+            section="gaussian_noise",
+            grid="sigmas",
+            heading="Accuracy vs Gaussian noise σ",
+            text="Gaussian noise N(0, σ²) on every joint and frame in screen-normalised space, before tracking, "
+            "resampling and crop_scale (docs/method.md §8 a).",
+            column="sigma",
+            xlabel="σ",
+            title="Gaussian noise",
+            categorical=True,
+        ),
+    ),
+    "spatial": PerturbationSpec(  # §8(b)
+        space="screen",
+        apply=spatial_noise,
+        params=("value",),
+        label="spatial σ={value:g}",
+        identity=0.0,
+        seeded=True,
+        rng_tag=3,
+        example=0.01,
+        sweep=ReportSweep(
+            section="spatial_noise",
+            grid="spatial_sigmas",
+            heading="Accuracy vs spatial-only noise σ",
+            text="One offset N(0, σ²) per person and joint, the same in every frame, added where the Gaussian "
+            "noise is (docs/method.md §8 b).",
+            column="sigma",
+            xlabel="σ",
+            title="Spatial-only noise",
+            categorical=True,
+        ),
+    ),
+    "shift": PerturbationSpec(  # §8(c)
+        space="model",
+        apply=lambda x, k, rng, saliency: shift_joints(x, int(k), rng)[0],
+        params=("value",),
+        label="shift k={k}",
+        identity=0.0,
+        seeded=True,
+        rng_tag=1,
+        example=3,
+        sweep=ReportSweep(
+            section="shifted_joints",
+            grid="shift_ks",
+            heading="Accuracy vs shifted joints k",
+            text="k random joints per clip moved, in every frame, to a uniform random point of that frame's "
+            "skeleton bounding box, in model-input space after crop_scale; confidences kept (docs/method.md §8 c).",
+            column="k",
+            xlabel="shifted joints k",
+            title="Shifted joints",
+            categorical=False,
+            with_identity=True,
+        ),
+    ),
+    "mask_targeted": PerturbationSpec(  # §8(d)
+        space="model",
+        apply=lambda x, k, rng, saliency: zero_tokens(x, top_k_joint_mask(saliency, int(k))),
+        params=("value",),
+        label="mask_targeted k={k}",
+        identity=0.0,
+        saliency=True,
+        example=3,
+    ),
+    "mask_random": PerturbationSpec(  # §8(d), the baseline
+        space="model",
+        apply=lambda x, k, rng, saliency: zero_tokens(x, random_joint_mask(x.shape[:3], int(k), rng)),
+        params=("value",),
+        label="mask_random k={k}",
+        identity=0.0,
+        seeded=True,
+        rng_tag=2,
+        example=3,
+    ),
+    "deletion": PerturbationSpec(  # §8(e); tag 4 is shared with insertion: one random order for both curves
+        space="model",
+        apply=lambda x, first: zero_tokens(x, first),
+        params=("layer", "steps"),
+        label="deletion (saliency {layer}, {steps} steps)",
+        rng_tag=4,
+        saliency=True,
+        curve=True,
+    ),
+    "insertion": PerturbationSpec(  # §8(e), from the all-zero input
+        space="model",
+        apply=lambda x, first: zero_tokens(x, ~first),
+        params=("layer", "steps"),
+        label="insertion (saliency {layer}, {steps} steps)",
+        rng_tag=4,
+        saliency=True,
+        curve=True,
+    ),
+}

@@ -32,7 +32,7 @@ from pipeline.config import dump_yaml, to_dict
 from pipeline.schema import COCO17_JOINTS
 from recognition import diagnostics as dg
 from recognition.data import split_frame_dirs
-from recognition.perturb import gaussian_noise
+from recognition.perturb import PERTURBATIONS, gaussian_noise
 from recognition.preprocess import normalize_screen
 from recognition.report_page import Section, csv_bytes, png_bytes, pyplot, render_html, write_if_changed
 from recognition.robustness import (
@@ -48,11 +48,11 @@ from recognition.train import pick_device
 
 log = logging.getLogger(__name__)
 
+# section -> perturbation, for every perturbation with a report sweep (`perturb.ReportSweep`), in the table's order
+SWEEPS = {spec.sweep.section: kind for kind, spec in PERTURBATIONS.items() if spec.sweep is not None}
 SECTIONS = (
     "accuracy",
-    "gaussian_noise",
-    "spatial_noise",
-    "shifted_joints",
+    *SWEEPS,
     "masking",
     "deletion_insertion",
     "confusion_pairs",
@@ -167,7 +167,7 @@ class ReportConfig:
 
 
 def _top1(res: dict) -> float:
-    return float(100.0 * np.mean(res["logits"].argmax(1) == res["labels"])) if len(res["labels"]) else 0.0
+    return dg.topk_accuracy(res["logits"], res["labels"], 1)
 
 
 def _prob_of(res: dict, cls: np.ndarray) -> float:
@@ -240,14 +240,15 @@ class Report:
         if name not in SECTIONS:
             raise ValueError(f"unknown report section {name!r}; valid: {', '.join(SECTIONS)}")
         log.info("section %s", name)
+        if name in SWEEPS:
+            return self._sweep(SWEEPS[name])
         return getattr(self, f"_{name}")()
 
     def _accuracy(self) -> Section:
         rows, metrics = [], {}
         for run in self.runs:
             res = self.clean(run)
-            top5 = np.argsort(-res["logits"], axis=1)[:, :5]
-            t5 = float(100.0 * np.mean((top5 == res["labels"][:, None]).any(1)))
+            t5 = dg.topk_accuracy(res["logits"], res["labels"], 5)
             metrics[run.name] = {
                 "top1": _top1(res),
                 "top5": t5,
@@ -299,13 +300,32 @@ class Report:
             notes=notes,
         )
 
-    def _gaussian_noise(self) -> Section:
-        xs = sorted(set(self.cfg.sigmas))
-        rows, metrics = self.seeded_sweep("gaussian", xs)
+    def _sweep(self, kind: str) -> Section:
+        """Accuracy vs the value of a perturbation with a report sweep, over its `ReportConfig` grid and the seeds."""
+        spec = PERTURBATIONS[kind]
+        sweep, grid = spec.sweep, getattr(self.cfg, spec.sweep.grid)
+        xs = sorted({spec.identity, *grid}) if sweep.with_identity else sorted(set(grid))
+        rows, metrics = self.seeded_sweep(kind, xs)
+        text = sweep.text
+        if spec.noise_mode:
+            text += " Noise mode per run: " + "; ".join(f"{r.name}: {self.noise_mode(r)}" for r in self.runs) + "."
+        return Section(
+            sweep.section,
+            sweep.heading,
+            text,
+            ["run", sweep.column, "top1_mean", "top1_std", *[f"top1_seed{s}" for s in self.cfg.seeds]],
+            rows,
+            self.curve_figure(xs, metrics, xlabel=sweep.xlabel, title=sweep.title, categorical=sweep.categorical),
+            metrics,
+            self.evaluate_notes(xs) if spec.via_preprocess else [],
+        )
+
+    def evaluate_notes(self, sigmas: list[float]) -> list[str]:
+        """The `evaluate --noise-sigma` commands that give the Gaussian noise rows of the runs' own seeds."""
         notes = []
         for run in self.runs:
             if run.cfg.seed in self.cfg.seeds and self.cfg.noise_per_person in (None, run.cfg.noise_per_person):
-                sig = self.cfg.failure_sigma if self.cfg.failure_sigma in xs else xs[-1]
+                sig = self.cfg.failure_sigma if self.cfg.failure_sigma in sigmas else sigmas[-1]
                 notes.append(
                     f"{run.name}, seed {run.cfg.seed} (the run's seed), any σ, e.g. {sig:g}: "
                     + shlex.join(
@@ -327,50 +347,7 @@ class Report:
                         ]
                     )
                 )
-        text = (
-            "Gaussian noise N(0, σ²) on every joint and frame in screen-normalised space, before tracking, "
-            "resampling and crop_scale (docs/method.md §8 a). Noise mode per run: "
-            + "; ".join(f"{r.name}: {self.noise_mode(r)}" for r in self.runs)
-            + "."
-        )
-        return Section(
-            "gaussian_noise",
-            "Accuracy vs Gaussian noise σ",
-            text,
-            ["run", "sigma", "top1_mean", "top1_std", *[f"top1_seed{s}" for s in self.cfg.seeds]],
-            rows,
-            self.curve_figure(xs, metrics, xlabel="σ", title="Gaussian noise", categorical=True),
-            metrics,
-            notes,
-        )
-
-    def _spatial_noise(self) -> Section:
-        xs = sorted(set(self.cfg.spatial_sigmas))
-        rows, metrics = self.seeded_sweep("spatial", xs)
-        return Section(
-            "spatial_noise",
-            "Accuracy vs spatial-only noise σ",
-            "One offset N(0, σ²) per person and joint, the same in every frame, added where the Gaussian "
-            "noise is (docs/method.md §8 b).",
-            ["run", "sigma", "top1_mean", "top1_std", *[f"top1_seed{s}" for s in self.cfg.seeds]],
-            rows,
-            self.curve_figure(xs, metrics, xlabel="σ", title="Spatial-only noise", categorical=True),
-            metrics,
-        )
-
-    def _shifted_joints(self) -> Section:
-        xs = sorted({0, *self.cfg.shift_ks})
-        rows, metrics = self.seeded_sweep("shift", xs)
-        return Section(
-            "shifted_joints",
-            "Accuracy vs shifted joints k",
-            "k random joints per clip moved, in every frame, to a uniform random point of that frame's "
-            "skeleton bounding box, in model-input space after crop_scale; confidences kept (docs/method.md §8 c).",
-            ["run", "k", "top1_mean", "top1_std", *[f"top1_seed{s}" for s in self.cfg.seeds]],
-            rows,
-            self.curve_figure(xs, metrics, xlabel="shifted joints k", title="Shifted joints", categorical=False),
-            metrics,
-        )
+        return notes
 
     def _masking(self) -> Section:
         ks, seeds = list(self.cfg.mask_ks), self.cfg.seeds
@@ -810,6 +787,7 @@ def _estimator(index: dict) -> str:
     return str(est.get("name")) if isinstance(est, dict) and est.get("name") else "unknown"
 
 
+@torch.no_grad()  # a scope, not a global set_grad_enabled(False): the caller keeps its gradients
 def run_report(
     *,
     runs: list[str | Path],
@@ -835,7 +813,6 @@ def run_report(
         raise ValueError(f"unknown report section(s) {bad}; valid: {', '.join(SECTIONS)}")
     out = Path(out)
     dev = pick_device(device)
-    torch.set_grad_enabled(False)
     cache = ResultCache(out / "cache")
     contexts = []
     for r in runs:

@@ -6,23 +6,22 @@ perturbation and its parameters, the seed, the preprocessing options and the dev
 only what changed. File hashes are memoised in `CACHE_DIR/files.json` by (path, mtime, size). Bump `CACHE_VERSION`
 when the meaning of a cached result changes.
 
-Where each perturbation acts (see `recognition.perturb`): Gaussian and spatial noise in screen space inside the
-preprocessing (one data pass per perturbation and seed); the clean pass, shifted joints, targeted/random masking and
-RISE deletion/insertion in model-input space, all computed in a single data pass that shares the clean input.
-Random draws are a pure function of (seed, clip position, perturbation): Gaussian noise uses the generator
-`default_rng([seed, i])` of `SkeletonDataset`, so seed = the run's seed reproduces `python -m recognition evaluate
---noise-sigma`.
+The perturbations are the table `recognition.perturb.PERTURBATIONS`; this module only reads it. Screen-space ones
+(Gaussian and spatial noise) act inside the preprocessing (one data pass per perturbation and seed); the clean pass and
+the model-space ones (shifted joints, targeted/random masking, RISE deletion/insertion) are all computed in a single
+data pass that shares the clean input. Random draws are a pure function of (seed, clip position, perturbation) (the
+spec's `rng`): Gaussian noise uses the generator `default_rng([seed, i])` of `SkeletonDataset`, so seed = the run's
+seed reproduces `python -m recognition evaluate --noise-sigma`. Saliency comes from the backbone's `layer_attention`
+(`recognition.models.Backbone`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import io
 import json
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,23 +38,21 @@ from recognition.checkpoint import build_model_from_checkpoint, read_checkpoint
 from recognition.config import TrainConfig
 from recognition.data import SkeletonDataset, split_frame_dirs
 from recognition.evaluate import eval_config
+from recognition.perturb import PERTURBATIONS, PerturbationSpec
 from recognition.preprocess import preprocess_clip
 from recognition.train import autocast_for, label_names_of
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
-KINDS = ("clean", "gaussian", "spatial", "shift", "mask_targeted", "mask_random", "deletion", "insertion")
-SEEDED = ("gaussian", "spatial", "shift", "mask_random")  # kinds whose result depends on the seed
-_TAG = {"spatial": 3, "shift": 1, "mask_random": 2, "rise_random": 4}  # rng stream per kind
 
 
 @dataclass(frozen=True)
 class Perturbation:
-    """One evaluation condition.
+    """One evaluation condition: a perturbation of `PERTURBATIONS` with its parameters (the spec's `params`).
 
     Attributes:
-        kind: one of KINDS.
+        kind: a name of `PERTURBATIONS`.
         value: sigma (gaussian, spatial) or k (shift, mask_targeted, mask_random); unused otherwise.
         layer: saliency source of deletion/insertion: a layer index (-1 = last; Python-style negatives) or "random".
         steps: number of deletion/insertion steps n (the curve has n + 1 points).
@@ -68,27 +65,33 @@ class Perturbation:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "value", float(self.value))  # k = 3 and 3.0 are one condition, one cache key
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown perturbation {self.kind!r}; valid: {KINDS}")
-        if self.kind in ("deletion", "insertion") and self.steps < 1:
+        if self.kind not in PERTURBATIONS:
+            raise ValueError(f"unknown perturbation {self.kind!r}; valid: {tuple(PERTURBATIONS)}")
+        if "steps" in self.spec.params and self.steps < 1:
             raise ValueError(f"{self.kind} needs steps >= 1, got {self.steps}")
 
     @property
+    def spec(self) -> PerturbationSpec:
+        return PERTURBATIONS[self.kind]
+
+    @property
     def space(self) -> str:
-        return "screen" if self.kind in ("gaussian", "spatial") else "model"
+        return self.spec.space
 
     def canonical(self) -> Perturbation:
-        """The identity perturbations (sigma = 0, k = 0) are the clean evaluation."""
-        if self.kind in ("gaussian", "spatial", "shift", "mask_targeted", "mask_random") and self.value == 0:
+        """A perturbation at its identity value (sigma = 0, k = 0) is the clean evaluation."""
+        identity = self.spec.identity
+        if identity is not None and self.value == identity:
             return Perturbation("clean")
         return self
 
     def params(self) -> dict:
-        if self.kind == "clean":
-            return {"kind": "clean"}
-        if self.kind in ("deletion", "insertion"):
-            return {"kind": self.kind, "layer": self.layer, "steps": self.steps}
-        return {"kind": self.kind, "value": self.value}
+        """The condition's part of the cache key: the kind and the spec's parameters."""
+        return {"kind": self.kind, **{name: getattr(self, name) for name in self.spec.params}}
+
+    def saliency_source(self) -> int | str:
+        """The clean-pass attention a saliency-driven perturbation ranks tokens by: its `layer`, else the last layer."""
+        return self.layer if "layer" in self.spec.params else -1
 
 
 class ResultCache:
@@ -188,8 +191,8 @@ def eval_key(
         "split": data.split,
         "clips": hashlib.sha256("\n".join(frame_dirs).encode()).hexdigest(),
         "perturbation": pert.params(),
-        "seed": seed if pert.kind in SEEDED else None,
-        "noise_per_person": noise_per_person if pert.kind == "gaussian" else None,
+        "seed": seed if pert.spec.seeded else None,
+        "noise_per_person": noise_per_person if pert.spec.noise_mode else None,
         "preprocess": to_dict(run.cfg.data),
         "device": run.device.type,
     }
@@ -206,14 +209,16 @@ class EvalClips(Dataset):
         return len(self.base)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
-        b, kind, value = self.base, self.pert.kind, self.pert.value
+        b, spec, value = self.base, self.pert.spec, self.pert.value
         kp, score, shape = b.keypoints[i], b.scores[i], b.img_shapes[i]
         sigma, rng = 0.0, None
-        if kind == "gaussian":  # exactly SkeletonDataset's noisy test path with this seed
-            sigma, rng = value, np.random.default_rng([self.seed, i])
-        elif kind == "spatial":
-            r = np.random.default_rng([self.seed, i, _TAG["spatial"]])
-            kp = perturb.perturb_pixels(kp, shape, lambda xy: perturb.spatial_noise(xy, value, r))
+        per_person = self.noise_per_person if spec.noise_mode else True
+        if spec.space == "screen":
+            r = spec.rng(self.seed, i)
+            if spec.via_preprocess:  # exactly SkeletonDataset's noisy test path with this seed
+                sigma, rng = value, r
+            else:
+                kp = perturb.perturb_pixels(kp, shape, lambda xy: spec.apply(xy, value, r, per_person=per_person))
         x = preprocess_clip(
             kp,
             score,
@@ -222,7 +227,7 @@ class EvalClips(Dataset):
             opts=b.opts,
             rng=rng,
             noise_sigma=sigma,
-            noise_per_person=self.noise_per_person,
+            noise_per_person=per_person,
             clip_name=b.names[i],
         )
         return torch.from_numpy(x), b.labels[i], i
@@ -249,56 +254,21 @@ def _forward(run: RunContext, x: np.ndarray | torch.Tensor) -> tuple[torch.Tenso
     return out.logits.float().cpu(), out.features.float().cpu()
 
 
-@contextlib.contextmanager
-def _layer_attention(model, layers: list[int]) -> Iterator[dict[int, torch.Tensor]]:
-    """Capture the spatial attention probabilities [B·T, H, V, V] of the ST blocks of `layers` (DSTFormer)."""
-    backbone = model.backbone
-    blocks = getattr(backbone, "blocks_st", None)
-    if blocks is None:
-        raise ValueError(
-            f"saliency from layers {layers} needs a backbone with `blocks_st` (DSTFormer); "
-            f"use layer -1 (the last layer) for {type(backbone).__name__}"
-        )
-    store: dict[int, torch.Tensor] = {}
-    old = backbone.explicit_attention
-    backbone.explicit_attention = True  # the attention modules then return their probabilities
-    handles = [
-        blocks[layer].attn_s.register_forward_hook(lambda _m, _i, out, layer=layer: store.__setitem__(layer, out[1]))
-        for layer in layers
-    ]
-    try:
-        yield store
-    finally:
-        for h in handles:
-            h.remove()
-        backbone.explicit_attention = old
-
-
 @torch.no_grad()
 def token_saliency(run: RunContext, x: torch.Tensor, layers: list[int]) -> dict[int, np.ndarray]:
-    """Attention received per token [N, M, T, V] (docs/method.md §5.1) from the spatial attention of each of `layers`.
+    """Attention received per token [N, M, T, V] (docs/method.md §5.1) in each of `layers` of x [N, M, T, V, 3].
 
-    Layer indices are normalised to 0..depth-1; the last layer uses the backbone's `return_attention` path.
+    From the backbone's `layer_attention`; layer indices are taken modulo its `attention_layers` (-1 = the last), and
+    the result is keyed by the normalised index.
     """
     N, M, T, V, C = x.shape
-    depth = len(getattr(run.model.backbone, "blocks_st", [None]))
-    layers = sorted({layer % depth for layer in layers})
-    x = x.to(run.device)
-    out: dict[int, np.ndarray] = {}
-    if depth - 1 in layers:
-        with autocast_for(run.device):
-            act = run.model(x, return_attention=True).activation  # [N, M, T, V]
-        out[depth - 1] = act.float().cpu().numpy()
-    inner = [layer for layer in layers if layer != depth - 1]
-    if inner:
-        with _layer_attention(run.model, inner) as store, autocast_for(run.device):
-            run.model(x)
-        backbone = run.model.backbone
-        for layer in inner:
-            attn = store[layer].reshape(N * M, T, *store[layer].shape[1:])  # [B·T, H, V, V] -> [B, T, H, V, V]
-            act = backbone.token_activation(attn).reshape(N, M, T, V)  # [B, T, V] -> [N, M, T, V]
-            out[layer] = act.float().cpu().numpy()
-    return out
+    backbone = run.model.backbone
+    layers = sorted({layer % backbone.attention_layers for layer in layers})
+    x = x.to(run.device).reshape(N * M, T, V, C)  # [N, M, T, V, C] -> [B, T, V, C]
+    with autocast_for(run.device):
+        attn = backbone.layer_attention(x, layers)
+        act = [backbone.token_activation(a).reshape(N, M, T, V) for a in attn]  # [B, T, V] -> [N, M, T, V]
+    return {layer: a.float().cpu().numpy() for layer, a in zip(layers, act)}
 
 
 def _softmax_at(logits: torch.Tensor, cls: np.ndarray) -> np.ndarray:
@@ -309,59 +279,37 @@ def _softmax_at(logits: torch.Tensor, cls: np.ndarray) -> np.ndarray:
 def _model_space_batch(
     run: RunContext, x: torch.Tensor, pos: np.ndarray, todo: list[tuple[Perturbation, int | None]]
 ) -> dict:
-    """Results of the model-space perturbations `todo` on one clean batch x [N, M, T, V, 3]."""
+    """Results of the model-space perturbations `todo` on one clean batch x [N, M, T, V, 3] at clip positions pos."""
     logits, feats = _forward(run, x)
     pred = logits.argmax(1).numpy()
-    depth = len(getattr(run.model.backbone, "blocks_st", [None]))
-    layers = {p.layer % depth for p, _ in todo if p.kind in ("deletion", "insertion") and p.layer != "random"}
-    if any(p.kind == "mask_targeted" for p, _ in todo):
-        layers.add(depth - 1)
+    depth = run.model.backbone.attention_layers
+    sources = {p.saliency_source() for p, _ in todo if p.spec.saliency}
+    layers = {src % depth for src in sources if src != "random"}
     sal = token_saliency(run, x, sorted(layers)) if layers else {}
     xn = x.numpy()
     every = np.ones(xn.shape[:4], dtype=bool)  # RISE units: all (m, t, j) tokens, so the curves end at 0 / clean
     out: dict = {}
     for pert, seed in todo:
-        kind = pert.kind
-        if kind == "clean":
+        spec, src = pert.spec, pert.saliency_source()
+        if spec.apply is None:  # the clean pass
             out[(pert, seed)] = {"logits": logits.numpy(), "features": feats.numpy()}
-        elif kind == "shift":
-            xs = np.stack(
-                [
-                    perturb.shift_joints(xn[j], int(pert.value), np.random.default_rng([seed, int(i), _TAG["shift"]]))[
-                        0
-                    ]
-                    for j, i in enumerate(pos)
-                ]
-            )
-            out[(pert, seed)] = {"logits": _forward(run, xs)[0].numpy()}
-        elif kind in ("mask_targeted", "mask_random"):
-            k = int(pert.value)
-            if kind == "mask_targeted":
-                mask = perturb.top_k_joint_mask(sal[depth - 1], k)  # [N, M, T, V]
+        elif spec.curve:
+            if src == "random":
+                s = np.stack([spec.rng(seed, i).random(xn.shape[1:4]) for i in pos])  # [N, M, T, V]
             else:
-                mask = np.stack(
-                    [
-                        perturb.random_joint_mask(
-                            xn.shape[1:4], k, np.random.default_rng([seed, int(i), _TAG["mask_random"]])
-                        )
-                        for i in pos
-                    ]
-                )
-            out[(pert, seed)] = {"logits": _forward(run, perturb.zero_tokens(xn, mask))[0].numpy()}
-        else:  # deletion / insertion
-            if pert.layer == "random":
-                s = np.stack(
-                    [np.random.default_rng([0, int(i), _TAG["rise_random"]]).random(xn.shape[1:4]) for i in pos]
-                )
-            else:
-                s = sal[pert.layer % depth]
+                s = sal[src % depth]
             ranks, units = perturb.token_ranks(s, every)
             curve = np.empty((len(pos), pert.steps + 1), dtype=np.float32)
             for step in range(pert.steps + 1):
                 first = perturb.first_units_mask(ranks, units, step, pert.steps)  # [N, M, T, V]
-                xi = perturb.zero_tokens(xn, first if kind == "deletion" else ~first)
-                curve[:, step] = _softmax_at(_forward(run, xi)[0], pred)
+                curve[:, step] = _softmax_at(_forward(run, spec.apply(xn, first))[0], pred)
             out[(pert, seed)] = {"curve": curve}
+        else:
+            clips = [
+                spec.apply(xn[j], pert.value, spec.rng(seed, i), sal[src % depth][j] if spec.saliency else None)
+                for j, i in enumerate(pos)
+            ]  # N x [M, T, V, 3]
+            out[(pert, seed)] = {"logits": _forward(run, np.stack(clips))[0].numpy()}
     return out
 
 
@@ -389,7 +337,7 @@ def evaluate_many(
         frame_dirs = split_frame_dirs(data.index, data.split)
     npp = run.cfg.noise_per_person if noise_per_person is None else noise_per_person
     cache = run.cache
-    canon = {item: (item[0].canonical(), item[1] if item[0].canonical().kind in SEEDED else None) for item in items}
+    canon = {item: (item[0].canonical(), item[1] if item[0].canonical().spec.seeded else None) for item in items}
     keys = {c: eval_key(run, data, frame_dirs, c[0], c[1], noise_per_person=npp) for c in set(canon.values())}
     found = {c: cache.get(k) for c, k in keys.items()}
     missing = [c for c, r in found.items() if r is None]
@@ -458,9 +406,8 @@ def attention_maps(run: RunContext, data: DataContext, frame_dirs: list[str], *,
     base = make_base_dataset(run, data, list(frame_dirs))
     x = torch.stack([base[i][0] for i in range(len(base))])  # [n, M, T, V, 3]
     act = token_saliency(run, x, [layer])
-    depth = len(getattr(run.model.backbone, "blocks_st", [None]))
     result = {
-        "activation": act[layer % depth],
+        "activation": act[layer % run.model.backbone.attention_layers],
         "logits": _forward(run, x)[0].numpy(),
         "labels": np.asarray(base.labels, dtype=np.int64),
         "frame_dir": np.asarray(base.names),
@@ -475,11 +422,6 @@ def label_names_for(run: RunContext, data: DataContext) -> list[str]:
 
 
 def describe(pert: Perturbation) -> str:
-    """A short human label, e.g. 'gaussian σ=0.005'."""
-    if pert.kind in ("gaussian", "spatial"):
-        return f"{pert.kind} σ={pert.value:g}"
-    if pert.kind in ("shift", "mask_targeted", "mask_random"):
-        return f"{pert.kind} k={int(pert.value)}"
-    if pert.kind in ("deletion", "insertion"):
-        return f"{pert.kind} (saliency {pert.layer}, {pert.steps} steps)"
-    return "clean"
+    """A short human label from the spec's `label`, e.g. 'gaussian σ=0.005'."""
+    fields = dict(kind=pert.kind, value=pert.value, k=int(pert.value), layer=pert.layer, steps=pert.steps)
+    return pert.spec.label.format(**fields)

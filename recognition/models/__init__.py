@@ -25,6 +25,13 @@ class Backbone(Protocol):
     [B, T, H, V, V] when return_attention is True (its own layout for other backbones).
     `token_activation(attn)` turns that attention into the attention each (frame, joint) token
     receives, [B, T, V], detached (docs/method.md §5.1: heads averaged, summed over queries).
+    `layer_attention(x, layers)` returns, for each index of `layers` (in [-attention_layers,
+    attention_layers), -1 = the last), that layer's attention in the layout of forward's, so that
+    `token_activation` applies; the last layer's is exactly what forward returns. `attention_layers`
+    is how many layers it serves: DSTFormer every layer's spatial attention (its depth; the inner
+    layers' saliency of docs/method.md §8(e)); a backbone whose inner attentions are not spatial
+    (the transformer's global joint-time attention, STTFormer's tuples) serves only the last
+    block's, as its single layer (1).
     A backbone without a mask token implements token_mask by zeroing the masked input joints. The class has a `PRESETS` dict of size presets
     (name → constructor kwargs) and a keyword-only constructor accepting those kwargs plus
     `num_joints`, `maxlen` and `use_mask_token`.
@@ -33,10 +40,21 @@ class Backbone(Protocol):
     dim_rep: int
     num_joints: int
     num_heads: int
+    attention_layers: int
 
     def forward(self, x, *, token_mask=None, return_attention=False): ...
 
     def token_activation(self, attn): ...
+
+    def layer_attention(self, x, layers): ...
+
+
+def layer_indices(layers, count: int) -> list[int]:
+    """Layer indices (Python-style negatives allowed) as 0..count-1; IndexError for one outside [-count, count)."""
+    bad = [layer for layer in layers if not -count <= layer < count]
+    if bad:
+        raise IndexError(f"layer(s) {bad} out of range for a backbone serving {count} attention layer(s)")
+    return [layer % count for layer in layers]
 
 
 def get_backbone_class(name: str) -> type:

@@ -9,14 +9,19 @@ Output rep: [B, T, V, dim_rep], the representation after `pre_logits` (Linear + 
 Attention uses `F.scaled_dot_product_attention` everywhere, except the spatial attention of the
 ST-stream block of the last layer when its probabilities are asked for (`return_attention=True`,
 used by AGPM and the reports); `explicit_attention=True` forces the explicit softmax(QKᵀ·scale)·V
-path in every attention (fused-vs-explicit benchmark and tests).
+path in every attention (fused-vs-explicit benchmark and tests). `layer_attention` gives the spatial
+attention of any layers (the reports' inner-layer saliency).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from recognition.models import layer_indices
 
 DSTFORMER_PRESETS: dict[str, dict] = {
     "base": dict(dim_feat=512, dim_rep=512, depth=5, num_heads=8, mlp_ratio=2.0),
@@ -195,6 +200,11 @@ class DSTFormer(nn.Module):
             self.ts_attn = nn.ModuleList([nn.Linear(dim_feat * 2, 2) for _ in range(depth)])
         self.reset_parameters()
 
+    @property
+    def attention_layers(self) -> int:
+        """Layers whose spatial attention `layer_attention` serves: all of them."""
+        return len(self.blocks_st)
+
     @staticmethod
     def token_activation(attn: Tensor) -> Tensor:
         """Joint activation (docs/method.md §5.1): attn [B, T, H, V, V] -> [B, T, V], detached.
@@ -239,6 +249,32 @@ class DSTFormer(nn.Module):
         Returns:
             rep [B, T, V, dim_rep], or (rep, attn) with attn [B, T, H, V, V] (rows are queries).
         """
+        last = len(self.blocks_st) - 1
+        rep, attn = self._encode(
+            x, token_mask, keep=(last,) if return_attention else (), explicit=self.explicit_attention
+        )
+        return (rep, attn[last]) if return_attention else rep
+
+    def layer_attention(self, x: Tensor, layers: Sequence[int]) -> list[Tensor]:
+        """Spatial attention of the ST blocks of `layers` (-1 = the last): [B, T, H, V, V] per index, rows = queries.
+
+        The last layer's comes from `forward(x, return_attention=True)` (explicit there only: what AGPM sees); inner
+        layers' from one more pass with every attention explicit.
+        """
+        want = layer_indices(layers, self.attention_layers)
+        last = self.attention_layers - 1
+        found = {}
+        if last in want:
+            found[last] = self(x, return_attention=True)[1]
+        inner = tuple(sorted({layer for layer in want if layer != last}))
+        if inner:
+            found.update(self._encode(x, None, keep=inner, explicit=True)[1])
+        return [found[layer] for layer in want]
+
+    def _encode(
+        self, x: Tensor, token_mask: Tensor | None, *, keep: tuple[int, ...], explicit: bool
+    ) -> tuple[Tensor, dict[int, Tensor]]:
+        """rep [B, T, V, dim_rep] and the spatial attention [B, T, H, V, V] of the ST blocks of layers `keep`."""
         B, T, V, C_in = x.shape
         if T > self.maxlen:
             raise ValueError(f"sequence has {T} frames, more than maxlen={self.maxlen}")
@@ -257,15 +293,13 @@ class DSTFormer(nn.Module):
         x = x.reshape(B, T, V, -1) + self.temp_embed[:, :T]  # [B, T, V, D] + [1, T, 1, D]
         x = x.reshape(B * T, V, -1)  # [B, T, V, D] -> [B·T, V, D]
 
-        explicit = self.explicit_attention
-        attn = None
-        depth = len(self.blocks_st)
+        attn = {}
         for i, (blk_st, blk_ts) in enumerate(zip(self.blocks_st, self.blocks_ts)):
-            want = return_attention and i == depth - 1
+            want = i in keep
             x_st, attn_i = blk_st(x, seqlen=T, explicit=explicit, return_attention=want)  # [B·T, V, D]
             x_ts, _ = blk_ts(x, seqlen=T, explicit=explicit)  # [B·T, V, D]
             if want:
-                attn = attn_i
+                attn[i] = attn_i.reshape(B, T, self.num_heads, V, V)  # [B·T, H, V, V] -> [B, T, H, V, V]
             if self.att_fuse:
                 alpha = self.ts_attn[i](torch.cat([x_st, x_ts], dim=-1)).softmax(dim=-1)  # [B·T, V, 2]
                 x = x_st * alpha[..., 0:1] + x_ts * alpha[..., 1:2]  # [B·T, V, D]
@@ -273,7 +307,4 @@ class DSTFormer(nn.Module):
                 x = (x_st + x_ts) * 0.5
         x = self.norm(x)
         rep = self.pre_logits(x.reshape(B, T, V, -1))  # [B·T, V, D] -> [B, T, V, D] -> [B, T, V, dim_rep]
-        if not return_attention:
-            return rep
-        H = self.num_heads
-        return rep, attn.reshape(B, T, H, V, V)  # [B·T, H, V, V] -> [B, T, H, V, V]
+        return rep, attn

@@ -48,10 +48,13 @@ len_parts 6 and dim_rep 512, so the head is MotionBERT's exactly.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from recognition.models import layer_indices
 
 PAPER_BLOCKS = (
     (64, 64, 16),
@@ -142,6 +145,7 @@ class STTFormer(nn.Module):
     """
 
     PRESETS = STTFORMER_PRESETS
+    attention_layers = 1  # `layer_attention` serves the last block's attention only
 
     def __init__(
         self,
@@ -204,6 +208,18 @@ class STTFormer(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.xavier_normal_(m.weight)
                 nn.init.zeros_(m.bias)
+
+    def layer_attention(self, x: Tensor, layers: Sequence[int]) -> list[Tensor]:
+        """The last block's attention [B, T, H, V', V], forward's, for each index of `layers` (0 or -1).
+
+        Inner-layer saliency (docs/method.md §8(e)) reads DSTFormer's spatial attention; this backbone's is a
+        tuple attention, so it serves only the last block's, the one AGPM uses, as its single layer.
+        """
+        layer_indices(layers, self.attention_layers)
+        if not layers:
+            return []
+        attn = self(x, return_attention=True)[1]
+        return [attn for _ in layers]
 
     def token_activation(self, attn: Tensor) -> Tensor:
         """Attention each token receives: attn [B, T, H, V', V] → [B, T, V], detached, clamped at 0.

@@ -38,10 +38,13 @@ much.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recognition.models import layer_indices
 from recognition.models.dstformer import Mlp
 
 _BASE = dict(dim_feat=512, dim_rep=512, depth=5, num_heads=8, mlp_ratio=4.0)
@@ -120,6 +123,7 @@ class SkeletonTransformer(nn.Module):
     """
 
     PRESETS = TRANSFORMER_PRESETS
+    attention_layers = 1  # `layer_attention` serves the last block's attention only
 
     def __init__(
         self,
@@ -193,6 +197,18 @@ class SkeletonTransformer(nn.Module):
         frames = token_mask.reshape(B, T // p, p, V)  # [B, T, V] -> [B, T', p, V]
         twice_count = 2 * frames.sum(dim=2)  # [B, T', V]
         return (twice_count > p) | ((twice_count == p) & frames[:, :, 0])  # [B, T', V]
+
+    def layer_attention(self, x: Tensor, layers: Sequence[int]) -> list[Tensor]:
+        """The last block's attention [B, H, L, L], forward's, for each index of `layers` (0 or -1).
+
+        Inner-layer saliency (docs/method.md §8(e)) reads DSTFormer's spatial attention; this backbone's is a
+        global joint-time attention, so it serves only the last block's, the one AGPM uses, as its single layer.
+        """
+        layer_indices(layers, self.attention_layers)
+        if not layers:
+            return []
+        attn = self(x, return_attention=True)[1]
+        return [attn for _ in layers]
 
     def token_activation(self, attn: Tensor) -> Tensor:
         """Attention each token receives: attn [B, H, L, L] → [B, T, V], detached.

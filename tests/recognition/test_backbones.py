@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from recognition.config import MaskCLRConfig, ModelConfig, TrainConfig
 from recognition.maskclr.agpm import agpm_mask
 from recognition.maskclr.losses import MLCLLoss
-from recognition.models import Backbone
+from recognition.models import MODELS, Backbone
 from recognition.models.action import build_action_model
 from recognition.models.sttformer import STTFormer
 from recognition.models.transformer import SkeletonTransformer
@@ -297,3 +297,64 @@ def test_maskclr_step_end_to_end(name: str) -> None:
         act = model(x, return_attention=True).activation  # [N, M, T, V]
     mask = agpm_mask(act, ratio=0.5, axis="joint")
     assert mask.shape == (4, 2, 8, V) and torch.all(mask.sum(dim=(0, 1, 2)) == 4 * 2 * 8 // 2)
+
+
+def hooked_spatial_attention(backbone: torch.nn.Module, x: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
+    """How `recognition.robustness` read DSTFormer's inner layers before `layer_attention` (issue 14): forward hooks on
+    the ST blocks' spatial attention in a pass with every attention explicit. x [B, T, V, 3] -> {layer: [B, T, H, V, V]}.
+    """
+    store: dict[int, torch.Tensor] = {}
+    old = backbone.explicit_attention
+    backbone.explicit_attention = True
+    handles = [
+        backbone.blocks_st[layer].attn_s.register_forward_hook(
+            lambda _m, _i, out, layer=layer: store.__setitem__(layer, out[1])
+        )
+        for layer in layers
+    ]
+    try:
+        backbone(x)
+    finally:
+        for h in handles:
+            h.remove()
+        backbone.explicit_attention = old
+    B, T = x.shape[:2]
+    return {layer: a.reshape(B, T, *a.shape[1:]) for layer, a in store.items()}  # [B·T, H, V, V] -> [B, T, H, V, V]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_layer_attention_contract(name: str) -> None:
+    """Every registered backbone serves `attention_layers` layers in forward's attention layout; the last is forward's."""
+    model = build_action_model(backbone=name, preset="tiny", num_classes=5, hidden_dim=16, maxlen=16).eval()
+    net = model.backbone
+    randomize_(net)
+    n = net.attention_layers
+    assert isinstance(n, int) and n >= 1
+    x = torch.randn(2, 8, V, 3)
+    with torch.no_grad():
+        _, last = net(x, return_attention=True)
+        attn = net.layer_attention(x, [*range(n), -1])
+        assert net.layer_attention(x, []) == []
+    assert len(attn) == n + 1
+    for a in attn:
+        assert a.shape == last.shape and net.token_activation(a).shape == (2, 8, V)
+    assert torch.equal(attn[-1], last) and torch.equal(attn[n - 1], last)
+    for bad in (n, -n - 1):
+        with pytest.raises(IndexError, match="out of range"):
+            net.layer_attention(x, [bad])
+
+
+def test_dstformer_serves_every_layer_as_the_old_hooks_read_it() -> None:
+    """Inner layers: exactly what the hook-based extraction gave; every layer differs from the last."""
+    model = build_action_model(preset="tiny", depth=3, num_classes=5, hidden_dim=16, maxlen=16).eval()
+    net = model.backbone
+    randomize_(net)
+    assert net.attention_layers == len(net.blocks_st) == 3
+    x = torch.randn(4, 8, V, 3)
+    with torch.no_grad():
+        got = net.layer_attention(x, [1, 0, -1, 1])
+        old = hooked_spatial_attention(net, x, [0, 1])
+        _, last = net(x, return_attention=True)
+    assert torch.equal(got[0], old[1]) and torch.equal(got[3], old[1]) and torch.equal(got[1], old[0])
+    assert torch.equal(got[2], last) and not net.explicit_attention
+    assert got[0].shape == (4, 8, net.num_heads, V, V) and not torch.allclose(got[0], got[2])

@@ -1,4 +1,5 @@
-"""Perturbations of docs/method.md §8 on hand-made inputs: identities, invariants, and where they plug in."""
+"""Perturbations of docs/method.md §8 on hand-made inputs: identities, invariants, where they plug in, and every entry of
+the perturbation table (`perturb.PERTURBATIONS`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 
 from recognition import perturb
 from recognition.preprocess import PreprocessOptions, normalize_screen, preprocess_clip
+from recognition.robustness import Perturbation, describe
 from tests.helpers import make_record
 
 
@@ -130,3 +132,76 @@ def test_rise_units_ranked_by_saliency():
     assert perturb.first_units_mask(ranks, units, 0, 2).sum() == 0
     assert perturb.first_units_mask(ranks, units, 1, 2).ravel().tolist() == [False, True, False]
     assert perturb.first_units_mask(ranks, units, 2, 2).ravel().tolist() == [True, True, False]
+
+
+# -- the perturbation table: every entry, so a new one is tested without editing these tests ---------------------------
+
+REGISTRY = sorted(perturb.PERTURBATIONS)
+
+
+def _input(spec: perturb.PerturbationSpec) -> np.ndarray:
+    """A clip in the space the perturbation acts in: screen xy [M, T, V, 2] or model input [M, T, V, 3]."""
+    return _screen(T=6) if spec.space == "screen" else _model_input()
+
+
+def _apply(spec: perturb.PerturbationSpec, x: np.ndarray, value: float, rng) -> np.ndarray:
+    """Call the entry's `apply` as `recognition.robustness` does (see `PerturbationSpec.apply`)."""
+    if spec.space == "screen":
+        return spec.apply(x, value, rng, per_person=True)
+    saliency = np.random.default_rng(7).random(x.shape[:3]) if spec.saliency else None  # [M, T, V]
+    return spec.apply(x, value, rng, saliency)
+
+
+@pytest.mark.parametrize("name", REGISTRY)
+def test_every_entry_has_a_label_a_stream_and_known_parameters(name):
+    spec = perturb.PERTURBATIONS[name]
+    label = spec.label.format(kind=name, value=0.5, k=3, layer=-1, steps=4)
+    assert label.startswith(name) and "{" not in label
+    assert spec.space in ("screen", "model")
+    assert set(spec.params) <= {"value", "layer", "steps"}  # fields of robustness.Perturbation
+    assert spec.rng_tag is None or (isinstance(spec.rng_tag, int) and spec.rng_tag >= 0)
+    assert (spec.rng(0, 0) is not None) == (spec.seeded or spec.rng_tag is not None)
+    assert spec.apply is not None or name == "clean"
+    assert not (spec.via_preprocess or spec.noise_mode) or spec.space == "screen"
+    assert not spec.curve or {"layer", "steps"} <= set(spec.params)
+    if "value" in spec.params:
+        assert spec.example is not None and spec.example != spec.identity
+    pert = Perturbation(name, spec.example or 0.0, steps=4)
+    assert describe(pert).startswith(name)
+    assert pert.params() == {"kind": name, **{p: getattr(pert, p) for p in spec.params}}
+
+
+def test_random_streams_are_apart():
+    """Seeded perturbations draw from distinct streams, none of which an unseeded one shares."""
+    specs = perturb.PERTURBATIONS.values()
+    seeded = [s.rng_tag for s in specs if s.seeded]
+    assert len(set(seeded)) == len(seeded)
+    assert not {s.rng_tag for s in specs if not s.seeded and s.rng_tag is not None} & set(seeded)
+
+
+@pytest.mark.parametrize("name", [n for n in REGISTRY if perturb.PERTURBATIONS[n].identity is not None])
+def test_identity_value_leaves_the_input_unchanged(name):
+    spec = perturb.PERTURBATIONS[name]
+    x = _input(spec)
+    np.testing.assert_array_equal(_apply(spec, x, spec.identity, spec.rng(0, 0)), x)
+    assert not np.array_equal(_apply(spec, x, spec.example, spec.rng(0, 0)), x)  # and the example value perturbs
+
+
+@pytest.mark.parametrize("name", [n for n in REGISTRY if perturb.PERTURBATIONS[n].curve])
+def test_curve_ends_are_the_clean_input_and_the_all_zero_input(name):
+    spec = perturb.PERTURBATIONS[name]
+    x = _model_input()
+    ends = [spec.apply(x, np.full(x.shape[:3], first)) for first in (False, True)]
+    assert sum(np.array_equal(e, x) for e in ends) == 1 and sum(not e.any() for e in ends) == 1
+
+
+@pytest.mark.parametrize("name", [n for n in REGISTRY if perturb.PERTURBATIONS[n].seeded])
+def test_seeded_entries_are_deterministic_under_a_seed(name):
+    spec = perturb.PERTURBATIONS[name]
+    x = _input(spec)
+    a, b = (_apply(spec, x, spec.example, spec.rng(5, 2)) for _ in range(2))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, _apply(spec, x, spec.example, spec.rng(6, 2)))  # another seed
+    assert not np.array_equal(a, _apply(spec, x, spec.example, spec.rng(5, 3)))  # another clip
+    tag = [] if spec.rng_tag is None else [spec.rng_tag]
+    assert spec.rng(5, 2).random() == np.random.default_rng([5, 2, *tag]).random()  # the documented stream

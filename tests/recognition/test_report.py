@@ -280,3 +280,8 @@ def test_bad_input(tmp_path, capsys):
     assert "did you mean 'sigmas'" in capsys.readouterr().err
     assert main([*base, "--split", "nope_val", "--only", "accuracy"]) == 1
     assert "nope_val" in capsys.readouterr().err
+
+
+def test_report_leaves_gradients_on(two_runs):
+    """run_report scopes no_grad; it used to switch gradients off for the whole process (and the tests after it)."""
+    assert torch.is_grad_enabled()
