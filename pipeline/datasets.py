@@ -301,6 +301,8 @@ NTU_SETUP_PERFORMERS: dict[int, tuple[int, ...]] = {
     32: (8, 41, 43, 44, 67, 102, 103, 104, 105, 106),
 }
 NTU_RGB_SUFFIX = "_rgb"  # the RGB videos are distributed as <name>_rgb.avi
+# NTU mutual (two-person) actions, 1-based action numbers: A050-A060 (NTU60) and A106-A120 (NTU120).
+NTU_TWO_PERSON_ACTIONS = frozenset([*range(50, 61), *range(106, 121)])
 _NTU_NAME = re.compile(r"S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})")
 
 

@@ -7,13 +7,9 @@ tables and figures; `recognition.evaluate` computes its metrics with the same fu
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
-NTU_NAME = re.compile(r"S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})")
-# NTU mutual (two-person) actions, 1-based action numbers: A050-A060 (NTU60) and A106-A120 (NTU120).
-NTU_TWO_PERSON_ACTIONS = frozenset([*range(50, 61), *range(106, 121)])
+from pipeline.datasets import NTU_TWO_PERSON_ACTIONS, UnknownVideoError, parse_ntu_name
 
 
 def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
@@ -118,9 +114,12 @@ def expected_persons(index: dict, record: dict) -> int | None:
         for key in (label, str(label), names[label] if names is not None and label < len(names) else None):
             if key is not None and key in meta:
                 return int(meta[key])
-    match = NTU_NAME.fullmatch(str(record["frame_dir"]))
-    if match:
-        return 2 if int(match.group(5)) in NTU_TWO_PERSON_ACTIONS else 1
+    try:
+        ntu = parse_ntu_name(str(record["frame_dir"]))
+    except UnknownVideoError:
+        ntu = None
+    if ntu is not None:
+        return 2 if ntu.action in NTU_TWO_PERSON_ACTIONS else 1
     mocap = index.get("mocap15")
     info = mocap.get("samples", {}).get(record["frame_dir"]) if isinstance(mocap, dict) else None
     if info and "persons" in info:
