@@ -21,7 +21,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from recognition.config import MaskCLRConfig, TrainConfig
 from recognition.maskclr.losses import MLCLLoss
 from recognition.models.action import build_action_model
-from recognition.train import autocast_for, maskclr_step, pick_device
+from recognition.runtime import autocast_for, pick_device
+from recognition.train import maskclr_step
 
 
 def make_batch(n: int, t: int, num_classes: int, device: torch.device, seed: int = 0):

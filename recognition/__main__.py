@@ -35,7 +35,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         init=args.init,
         resume=args.resume,
-        halt_after_steps=args.halt_after_steps,
     )
     return 0
 
@@ -123,7 +122,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--init", default=None, help="initial weights: ours, or MotionBERT model_pos/model files")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    p.add_argument("--halt-after-steps", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on a split")

@@ -4,6 +4,9 @@ The dataset keeps each record's keypoint/score arrays as they are (compact, vari
 `recognition.preprocess.preprocess_clip` in `__getitem__`, so memory stays at the raw size rather than a dense
 [N, 2, 243, 17, 3] tensor. Randomness is a pure function of (seed, epoch, index): results do not depend on the number
 of DataLoader workers and a resumed run replays the same draws.
+
+`make_dataset` builds a split's dataset from a run config (train, evaluate); `require_clips` and
+`no_clips_message` say why a split holds no usable clip; `label_names_of` names the classes of an index.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from recognition.config import TrainConfig
 from recognition.preprocess import PreprocessOptions, preprocess_clip, resample_indices, select_two_persons
 
 log = logging.getLogger(__name__)
@@ -180,3 +184,60 @@ class SkeletonDataset(Dataset):
             clip_name=self.names[index],
         )  # [2, T, 17, 3]
         return torch.from_numpy(x), self.labels[index]
+
+
+def label_names_of(index: dict) -> list[str]:
+    """Class names from the index (`label_names`), else "class_<i>" up to the largest label."""
+    if "label_names" in index:
+        return [str(n) for n in index["label_names"]]
+    top = max((int(a["label"]) for a in index["annotations"]), default=-1)
+    return [f"class_{i}" for i in range(top + 1)]
+
+
+def make_dataset(
+    cfg: TrainConfig,
+    index: dict,
+    split: str,
+    *,
+    train: bool,
+    num_classes: int,
+    noise_sigma: float = 0.0,
+    source: str | Path | None = None,
+) -> SkeletonDataset:
+    """The dataset of split `split`; `source` (the index file) is named in the error messages."""
+    ds = SkeletonDataset(
+        annotations=index["annotations"],
+        frame_dirs=split_frame_dirs(index, split, source=source),
+        train=train,
+        opts=cfg.data,
+        seed=cfg.seed,
+        num_classes=num_classes,
+        noise_sigma=noise_sigma,
+        noise_per_person=cfg.noise_per_person,
+        skip_bad=cfg.optim.skip_bad,
+    )
+    if ds.skipped:
+        log.warning("%s: skipped %d clips with no data (skip_bad): %s", split, len(ds.skipped), ds.skipped[:5])
+    if ds.person_selection:
+        log.info("%s: %d clips had more than 2 persons; kept the 2 highest-scoring", split, len(ds.person_selection))
+    return ds
+
+
+def no_clips_message(ds: SkeletonDataset, split: str, source: str | Path, *, usable: str) -> str:
+    """Why `ds` (of split `split` of file `source`) is empty, in one line; `usable` names the clips' role."""
+    if ds.skipped:
+        first = ", ".join(ds.skipped[:5]) + (", ..." if len(ds.skipped) > 5 else "")
+        return f"no usable {usable} in split {split!r} of {source} ({len(ds.skipped)} skipped by skip_bad: {first})"
+    return f"split {split!r} of {source} lists no clips"
+
+
+def require_clips(ds: SkeletonDataset, split: str, source: str | Path, *, usable: str) -> None:
+    """Raise ValueError when `ds` holds no clip: its split lists none, or `skip_bad` skipped them all."""
+    if len(ds):
+        return
+    todo = (
+        "their poses hold no person, no frame or only zero scores: re-extract them, or use another split"
+        if ds.skipped
+        else "rebuild the index (python -m pipeline index) or use another split"
+    )
+    raise ValueError(f"{no_clips_message(ds, split, source, usable=usable)}; {todo}")

@@ -22,9 +22,11 @@ from tqdm import tqdm
 from pipeline.atomic import atomic_write_bytes, atomic_write_text
 from pipeline.config import from_dict
 from pipeline.schema import read_index
+from recognition import diagnostics as dg
 from recognition.checkpoint import build_model_from_checkpoint
 from recognition.config import TrainConfig, resolve
-from recognition.train import autocast_for, label_names_of, make_dataset, pick_device, require_clips
+from recognition.data import label_names_of, make_dataset, require_clips
+from recognition.runtime import autocast_for, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +59,12 @@ def predict_dataset(model, loader, device: torch.device) -> tuple[np.ndarray, np
 def accuracy_report(logits: np.ndarray, labels: np.ndarray, names: list[str]) -> tuple[dict, np.ndarray]:
     """Top-1/top-5, per-class accuracy and the confusion matrix [C, C] (rows = true)."""
     c = logits.shape[1]
-    pred = logits.argmax(1)
-    top5 = np.argsort(-logits, axis=1)[:, : min(5, c)]
-    conf = np.zeros((c, c), dtype=np.int64)
-    np.add.at(conf, (labels, pred), 1)
-    per_class = {names[i]: (float(100.0 * conf[i, i] / conf[i].sum()) if conf[i].sum() else None) for i in range(c)}
-    n = len(labels)
+    conf = dg.confusion_matrix(labels, logits.argmax(1), c)
+    per_class = {name: None if np.isnan(acc) else float(acc) for name, acc in zip(names, dg.class_accuracy(conf))}
     metrics = {
-        "top1": float(100.0 * (pred == labels).mean()) if n else 0.0,
-        "top5": float(100.0 * (top5 == labels[:, None]).any(1).mean()) if n else 0.0,
-        "n": int(n),
+        "top1": dg.topk_accuracy(logits, labels, 1),
+        "top5": dg.topk_accuracy(logits, labels, 5),
+        "n": int(len(labels)),
         "num_classes": int(c),
         "per_class_accuracy": per_class,
     }

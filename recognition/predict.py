@@ -36,7 +36,7 @@ from pipeline.schema import read_record
 from recognition.checkpoint import build_model_from_checkpoint
 from recognition.evaluate import eval_config
 from recognition.preprocess import preprocess_clip, select_two_persons
-from recognition.train import pick_device
+from recognition.runtime import pick_device
 
 log = logging.getLogger(__name__)
 

@@ -44,7 +44,7 @@ from recognition.robustness import (
     evaluate_many,
     label_names_for,
 )
-from recognition.train import pick_device
+from recognition.runtime import pick_device
 
 log = logging.getLogger(__name__)
 

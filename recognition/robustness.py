@@ -36,11 +36,11 @@ from pipeline.schema import read_index
 from recognition import perturb
 from recognition.checkpoint import build_model_from_checkpoint, read_checkpoint
 from recognition.config import TrainConfig
-from recognition.data import SkeletonDataset, split_frame_dirs
+from recognition.data import SkeletonDataset, label_names_of, split_frame_dirs
 from recognition.evaluate import eval_config
 from recognition.perturb import PERTURBATIONS, PerturbationSpec
 from recognition.preprocess import preprocess_clip
-from recognition.train import autocast_for, label_names_of
+from recognition.runtime import autocast_for
 
 log = logging.getLogger(__name__)
 

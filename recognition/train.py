@@ -14,6 +14,11 @@ the `val_*` entries of `metrics.jsonl` are null and the checkpoints' `best_metri
 
 Distributed: launched by `torchrun`, each rank takes its shard of every epoch (gloo on CPU,
 NCCL on CUDA); rank 0 writes the files.
+
+Read top to bottom: the builders, then `setup` (data, model, optimiser, scheduler, loss, resumed
+or initial state), `train_one_epoch`, `validate`, `save` and `run_train`, the driver. The device,
+process group and seeds are `recognition.runtime`'s; datasets and splits `recognition.data`'s. With `-v`, each
+training step is logged (`epoch E step S/N`, before the step runs).
 """
 
 from __future__ import annotations
@@ -21,15 +26,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import random
-from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
@@ -40,113 +40,16 @@ from pipeline.schema import read_index
 from recognition.checkpoint import init_from, is_ours, read_checkpoint, save_checkpoint
 from recognition.checkpoint_import import CheckpointError
 from recognition.config import TrainConfig
-from recognition.data import SkeletonDataset, split_frame_dirs
+from recognition.data import SkeletonDataset, label_names_of, make_dataset, no_clips_message, require_clips
 from recognition.maskclr.agpm import agpm_mask, apply_input_zero_mask, v1_input_mask
 from recognition.maskclr.losses import MLCLLoss
 from recognition.models.action import ActionModel, build_action_model
+from recognition.runtime import Dist, autocast_for, seed_everything, setup_distributed, teardown_distributed
 
 log = logging.getLogger(__name__)
 
 _RESUME_REMEDY = "delete it and rerun without --resume to train from scratch"
 _NO_VAL = dict.fromkeys(("val_top1", "val_top5", "val_loss"), None) | {"val_n": 0}  # no fake 0.0 accuracy
-
-
-@dataclass
-class Dist:
-    """Process-group facts; world 1 when not launched by torchrun."""
-
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def pick_device(name: str) -> torch.device:
-    """ "auto" -> cuda if available else cpu; "cuda" without a GPU is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("DEVICE=cuda but no CUDA GPU is visible; use DEVICE=cpu (or auto)")
-    return torch.device(name)
-
-
-def setup_distributed(device: str) -> Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Dist(device=pick_device(device))
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    dev = pick_device(device)
-    if dev.type == "cuda":
-        dev = torch.device("cuda", local)
-        torch.cuda.set_device(dev)
-    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return Dist(rank=rank, world=world, device=dev)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def label_names_of(index: dict) -> list[str]:
-    """Class names from the index (`label_names`), else "class_<i>" up to the largest label."""
-    if "label_names" in index:
-        return [str(n) for n in index["label_names"]]
-    top = max((int(a["label"]) for a in index["annotations"]), default=-1)
-    return [f"class_{i}" for i in range(top + 1)]
-
-
-def make_dataset(
-    cfg: TrainConfig,
-    index: dict,
-    split: str,
-    *,
-    train: bool,
-    num_classes: int,
-    noise_sigma: float = 0.0,
-    source: str | Path | None = None,
-) -> SkeletonDataset:
-    """The dataset of split `split`; `source` (the index file) is named in the error messages."""
-    ds = SkeletonDataset(
-        annotations=index["annotations"],
-        frame_dirs=split_frame_dirs(index, split, source=source),
-        train=train,
-        opts=cfg.data,
-        seed=cfg.seed,
-        num_classes=num_classes,
-        noise_sigma=noise_sigma,
-        noise_per_person=cfg.noise_per_person,
-        skip_bad=cfg.optim.skip_bad,
-    )
-    if ds.skipped:
-        log.warning("%s: skipped %d clips with no data (skip_bad): %s", split, len(ds.skipped), ds.skipped[:5])
-    if ds.person_selection:
-        log.info("%s: %d clips had more than 2 persons; kept the 2 highest-scoring", split, len(ds.person_selection))
-    return ds
-
-
-def no_clips_message(ds: SkeletonDataset, split: str, source: str | Path, *, usable: str) -> str:
-    """Why `ds` (of split `split` of file `source`) is empty, in one line; `usable` names the clips' role."""
-    if ds.skipped:
-        first = ", ".join(ds.skipped[:5]) + (", ..." if len(ds.skipped) > 5 else "")
-        return f"no usable {usable} in split {split!r} of {source} ({len(ds.skipped)} skipped by skip_bad: {first})"
-    return f"split {split!r} of {source} lists no clips"
-
-
-def require_clips(ds: SkeletonDataset, split: str, source: str | Path, *, usable: str) -> None:
-    """Raise ValueError when `ds` holds no clip: its split lists none, or `skip_bad` skipped them all."""
-    if len(ds):
-        return
-    todo = (
-        "their poses hold no person, no frame or only zero scores: re-extract them, or use another split"
-        if ds.skipped
-        else "rebuild the index (python -m pipeline index) or use another split"
-    )
-    raise ValueError(f"{no_clips_message(ds, split, source, usable=usable)}; {todo}")
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> ActionModel:
@@ -193,10 +96,6 @@ def make_loss(cfg: TrainConfig, num_classes: int) -> MLCLLoss:
         cl_type=mc.cl_type,
         supcon_rowmax=mc.supcon_rowmax,
     )
-
-
-def autocast_for(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
 def maskclr_step(cfg: TrainConfig, model, core: ActionModel, loss_fn: MLCLLoss, x, y, *, update_memory: bool):
@@ -261,6 +160,191 @@ def evaluate_loader(
     }
 
 
+@dataclass
+class Run:
+    """What the loop carries from epoch to epoch; built by `setup`, advanced by the epoch functions."""
+
+    cfg: TrainConfig
+    env: Dist
+    out: Path
+    split: str
+    names: list[str]
+    train_ds: SkeletonDataset
+    sampler: DistributedSampler
+    train_loader: DataLoader
+    val_loader: DataLoader | None  # None: no validation clip
+    core: ActionModel
+    model: torch.nn.Module  # `core`, or its DDP wrapper
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.StepLR
+    loss_fn: MLCLLoss
+    start_epoch: int = 0
+    best: float | None = -math.inf  # best val top-1; None once an epoch had no validation
+    history: list[dict] = field(default_factory=list)
+
+
+def make_loaders(cfg: TrainConfig, env: Dist, index: dict, *, data: str | Path, split: str, num_classes: int) -> dict:
+    """`Run`'s train_ds, sampler, train_loader and val_loader (None: no validation); no training clip raises."""
+    train_ds = make_dataset(cfg, index, f"{split}_train", train=True, num_classes=num_classes, source=data)
+    require_clips(train_ds, f"{split}_train", data, usable="training clips")
+    val_ds = make_dataset(cfg, index, f"{split}_val", train=False, num_classes=num_classes, source=data)
+    if not len(val_ds):
+        log.warning(
+            "%s: no validation; best.pt is the last epoch's weights and val_* are null in metrics.jsonl",
+            no_clips_message(val_ds, f"{split}_val", data, usable="validation clips"),
+        )
+    sampler = DistributedSampler(
+        train_ds, num_replicas=env.world, rank=env.rank, shuffle=True, seed=cfg.seed, drop_last=env.world > 1
+    )
+    bs, workers = cfg.optim.batch_size, cfg.optim.num_workers
+    drop_last = cfg.maskclr.enabled and len(train_ds) > bs
+    train_loader = DataLoader(train_ds, batch_size=bs, sampler=sampler, num_workers=workers, drop_last=drop_last)
+    val_loader = DataLoader(val_ds, batch_size=bs, shuffle=False, num_workers=workers) if len(val_ds) else None
+    return {"train_ds": train_ds, "sampler": sampler, "train_loader": train_loader, "val_loader": val_loader}
+
+
+def restore(run: Run, path: Path) -> None:
+    """Continue from our `path` (last.pt): weights, optimiser, scheduler, loss memory, torch RNG, history."""
+    ck = read_checkpoint(path, remedy=_RESUME_REMEDY)
+    if not is_ours(ck):
+        raise CheckpointError(f"{path}: not a checkpoint written by train; {_RESUME_REMEDY}")
+    run.core.load_state_dict(ck["model_state"])
+    run.opt.load_state_dict(ck["optimizer"])
+    run.sched.load_state_dict(ck["scheduler"])
+    run.loss_fn.load_state_dict(ck["loss_state"])
+    torch.set_rng_state(ck["rng"]["torch"])
+    run.start_epoch, run.history = ck["epoch"] + 1, list(ck["history"])
+    run.best = -math.inf if ck["best_metric"] is None else ck["best_metric"]  # None: trained without validation
+    log.info(
+        "resumed %s at epoch %d (best val top-1 %s)",
+        path,
+        run.start_epoch,
+        "none" if ck["best_metric"] is None else f"{run.best:.2f}",
+    )
+
+
+def setup(
+    cfg: TrainConfig, env: Dist, *, data: str | Path, split: str, out: Path, init: str | None, resume: bool
+) -> Run:
+    """Data, model, optimiser, scheduler and loss, then `out/last.pt`'s state (`resume`) or the `init` weights.
+
+    Writes nothing. The torch RNG is drawn in a fixed order (model, then loss initialisation).
+    """
+    index = read_index(data)
+    names = label_names_of(index)
+    loaders = make_loaders(cfg, env, index, data=data, split=split, num_classes=len(names))
+    core = build_model(cfg, len(names)).to(env.device)
+    opt, sched = make_optimizer(cfg, core)
+    loss_fn = make_loss(cfg, len(names)).to(env.device)
+    run = Run(cfg, env, out, split, names, core=core, model=core, opt=opt, sched=sched, loss_fn=loss_fn, **loaders)
+    last_path = out / "last.pt"
+    if resume and last_path.is_file():
+        restore(run, last_path)
+    elif resume:
+        log.info("--resume: no %s yet; starting from scratch", last_path)
+    elif init:
+        log.info("--init %s: %s", init, init_from(core, init))
+    if env.world > 1:
+        device_ids = [env.device] if env.device.type == "cuda" else None
+        # MaskCLR: the standard pass runs outside the wrapper (maskclr_step), so DDP cannot assume that
+        # its one forward reaches every parameter.
+        run.model = torch.nn.parallel.DistributedDataParallel(
+            core, device_ids=device_ids, find_unused_parameters=cfg.maskclr.enabled
+        )
+    if cfg.maskclr.enabled and cfg.maskclr.cc_detach and cfg.maskclr.cl_type == "tcl":
+        log.warning(
+            "faithful L_cc: built from detached logits, it has NO gradient and is only logged (switch F1, docs/method.md §10)"
+        )
+    return run
+
+
+def forward_loss(run: Run, x: torch.Tensor, y: torch.Tensor, *, masked: bool):
+    """(loss, logits, detached loss parts) of one batch: CE, or the MaskCLR step once `masked`."""
+    with autocast_for(run.env.device):
+        if masked:
+            return maskclr_step(run.cfg, run.model, run.core, run.loss_fn, x, y, update_memory=True)
+        logits = run.model(x).logits
+        loss = F.cross_entropy(logits.float(), y)
+        return loss, logits, {"ce": loss.detach()}
+
+
+def train_one_epoch(run: Run, epoch: int, *, masked: bool) -> dict:
+    """One pass over this rank's shard; the epoch's `train_*` means (loss, its parts, accuracy)."""
+    dev = run.env.device
+    run.sampler.set_epoch(epoch)
+    run.train_ds.set_epoch(epoch)
+    run.model.train()
+    sums: dict[str, float] = {}
+    seen = 0
+    desc = f"epoch {epoch + 1}/{run.cfg.optim.epochs}"
+    bar = tqdm(run.train_loader, desc=desc, disable=not run.env.main, leave=False, dynamic_ncols=True)
+    for step, (x, y) in enumerate(bar):
+        log.debug("epoch %d step %d/%d", epoch + 1, step + 1, len(run.train_loader))
+        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+        loss, logits, parts = forward_loss(run, x, y, masked=masked)
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        run.opt.step()
+        k = y.numel()
+        seen += k
+        for name, v in {"loss": loss.detach(), **parts}.items():
+            sums[name] = sums.get(name, 0.0) + float(v) * k
+        sums["acc"] = sums.get("acc", 0.0) + float((logits.argmax(1) == y).sum())
+        bar.set_postfix(loss=f"{sums['loss'] / seen:.3f}")
+    # "train_acc" keeps the place of sums' "acc" (key order is metrics.jsonl's column order)
+    means = {f"train_{k}": v / max(seen, 1) for k, v in sums.items()}
+    return means | {"train_acc": 100.0 * sums.get("acc", 0.0) / max(seen, 1)}
+
+
+def validate(run: Run, *, masked: bool) -> dict:
+    """`val_*` of the whole `<split>_val` on every rank; nulls (`_NO_VAL`) without validation clips."""
+    if run.val_loader is None:
+        return _NO_VAL
+    update = masked and run.cfg.maskclr.cc_update_on_val
+    return evaluate_loader(run.core, run.val_loader, run.env.device, loss_fn=run.loss_fn, update_memory=update)
+
+
+def log_epoch(run: Run, entry: dict, writer) -> None:
+    """Rank 0: the epoch's log line and its numbers in TensorBoard."""
+    has_val = run.val_loader is not None
+    val_text = f"val top-1 {entry['val_top1']:.2f} top-5 {entry['val_top5']:.2f}" if has_val else "no validation"
+    log.info(
+        "epoch %d: train loss %.4f acc %.1f | %s", entry["epoch"], entry["train_loss"], entry["train_acc"], val_text
+    )
+    for k, v in entry.items():
+        if isinstance(v, (int, float)) and k != "epoch":
+            writer.add_scalar(k, v, entry["epoch"])
+    writer.flush()
+
+
+def save(run: Run, epoch: int) -> None:
+    """Rank 0: `last.pt`, `best.pt` when val top-1 improved (every epoch without validation), `metrics.jsonl`."""
+    val_top1 = run.history[-1]["val_top1"]
+    if run.val_loader is not None:
+        improved = val_top1 > run.best
+        run.best = max(run.best, val_top1)
+    else:  # nothing to select on: best.pt follows the last epoch
+        improved, run.best = True, None
+    payload = {
+        "model_state": run.core.state_dict(),
+        "model_config": model_config_of(run.cfg, len(run.names)),
+        "run_config": to_dict(run.cfg),
+        "label_names": run.names,
+        "epoch": epoch,
+        "optimizer": run.opt.state_dict(),
+        "scheduler": run.sched.state_dict(),
+        "loss_state": run.loss_fn.state_dict(),
+        "best_metric": run.best,
+        "rng": {"torch": torch.get_rng_state()},
+        "history": run.history,
+        "split": run.split,
+    }
+    if improved:
+        save_checkpoint(run.out / "best.pt", payload)
+    save_checkpoint(run.out / "last.pt", payload)
+    atomic_write_text(run.out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in run.history))
+
+
 def run_train(
     cfg: TrainConfig,
     *,
@@ -270,169 +354,30 @@ def run_train(
     device: str = "auto",
     init: str | None = None,
     resume: bool = False,
-    halt_after_steps: int | None = None,
 ) -> dict:
     """Train; returns the final history entry. See the module docstring for the files."""
     out = Path(out)
     env = setup_distributed(device)
     seed_everything(cfg.seed)
-    index = read_index(data)
-    names = label_names_of(index)
-    num_classes = len(names)
-    train_ds = make_dataset(cfg, index, f"{split}_train", train=True, num_classes=num_classes, source=data)
-    require_clips(train_ds, f"{split}_train", data, usable="training clips")
-    val_ds = make_dataset(cfg, index, f"{split}_val", train=False, num_classes=num_classes, source=data)
-    has_val = len(val_ds) > 0
-    if not has_val:
-        log.warning(
-            "%s: no validation; best.pt is the last epoch's weights and val_* are null in metrics.jsonl",
-            no_clips_message(val_ds, f"{split}_val", data, usable="validation clips"),
-        )
-    sampler = DistributedSampler(
-        train_ds, num_replicas=env.world, rank=env.rank, shuffle=True, seed=cfg.seed, drop_last=env.world > 1
-    )
-    bs = cfg.optim.batch_size
-    train_loader = DataLoader(
-        train_ds,
-        batch_size=bs,
-        sampler=sampler,
-        num_workers=cfg.optim.num_workers,
-        drop_last=cfg.maskclr.enabled and len(train_ds) > bs,
-    )
-    val_loader = DataLoader(val_ds, batch_size=bs, shuffle=False, num_workers=cfg.optim.num_workers)
-
-    core = build_model(cfg, num_classes).to(env.device)
-    opt, sched = make_optimizer(cfg, core)
-    loss_fn = make_loss(cfg, num_classes).to(env.device)
-    start_epoch, best, history = 0, -math.inf, []
-    last_path = out / "last.pt"
-    if resume and last_path.is_file():
-        ck = read_checkpoint(last_path, remedy=_RESUME_REMEDY)
-        if not is_ours(ck):
-            raise CheckpointError(f"{last_path}: not a checkpoint written by train; {_RESUME_REMEDY}")
-        core.load_state_dict(ck["model_state"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        loss_fn.load_state_dict(ck["loss_state"])
-        torch.set_rng_state(ck["rng"]["torch"])
-        start_epoch, history = ck["epoch"] + 1, list(ck["history"])
-        best = -math.inf if ck["best_metric"] is None else ck["best_metric"]  # None: trained without validation
-        log.info(
-            "resumed %s at epoch %d (best val top-1 %s)",
-            last_path,
-            start_epoch,
-            "none" if ck["best_metric"] is None else f"{best:.2f}",
-        )
-    elif resume:
-        log.info("--resume: no %s yet; starting from scratch", last_path)
-    elif init:
-        log.info("--init %s: %s", init, init_from(core, init))
-    model = core
-    if env.world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            core, device_ids=[env.device] if env.device.type == "cuda" else None
-        )
-    if cfg.maskclr.enabled and cfg.maskclr.cc_detach and cfg.maskclr.cl_type == "tcl":
-        log.warning(
-            "faithful L_cc: built from detached logits, it has NO gradient and is only logged (switch F1, docs/method.md §10)"
-        )
-
-    run_cfg = to_dict(cfg)
-    if env.main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_if_changed(out / "config.yaml", dump_yaml(run_cfg))
+    run = setup(cfg, env, data=data, split=split, out=out, init=init, resume=resume)
     writer = None
     if env.main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_if_changed(out / "config.yaml", dump_yaml(to_dict(cfg)))
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(out / "tb"), purge_step=start_epoch)
-    steps = 0
-    for epoch in range(start_epoch, cfg.optim.epochs):
-        sampler.set_epoch(epoch)
-        train_ds.set_epoch(epoch)
-        model.train()
-        masked_on = cfg.maskclr.enabled and epoch >= cfg.maskclr.start_epoch
-        sums: dict[str, float] = {}
-        seen = 0
-        bar = tqdm(
-            train_loader,
-            desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
-            disable=not env.main,
-            leave=False,
-            dynamic_ncols=True,
-        )
-        for x, y in bar:
-            x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
-            with autocast_for(env.device):
-                if masked_on:
-                    loss, logits, parts = maskclr_step(cfg, model, core, loss_fn, x, y, update_memory=True)
-                else:
-                    logits = model(x).logits
-                    loss = F.cross_entropy(logits.float(), y)
-                    parts = {"ce": loss.detach()}
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            k = y.numel()
-            seen += k
-            for name, v in {"loss": loss.detach(), **parts}.items():
-                sums[name] = sums.get(name, 0.0) + float(v) * k
-            sums["acc"] = sums.get("acc", 0.0) + float((logits.argmax(1) == y).sum())
-            bar.set_postfix(loss=f"{sums['loss'] / seen:.3f}")
-            steps += 1
-            if halt_after_steps is not None and steps >= halt_after_steps:
-                os._exit(137)  # a hard kill mid-epoch, for the resume test
-        sched.step()
-        val = _NO_VAL
-        if has_val:
-            val = evaluate_loader(
-                core, val_loader, env.device, loss_fn=loss_fn, update_memory=masked_on and cfg.maskclr.cc_update_on_val
-            )
-        entry = {
-            "epoch": epoch + 1,
-            **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
-            "train_acc": 100.0 * sums.get("acc", 0.0) / max(seen, 1),
-            **val,
-            "lr_backbone": opt.param_groups[0]["lr"],
-            "lr_head": opt.param_groups[1]["lr"],
-            "maskclr_active": masked_on,
-        }
-        history.append(entry)
-        if has_val:
-            improved = val["val_top1"] > best
-            best = max(best, val["val_top1"])
-        else:  # nothing to select on: best.pt follows the last epoch
-            improved, best = True, None
+        writer = SummaryWriter(str(out / "tb"), purge_step=run.start_epoch)
+    for epoch in range(run.start_epoch, cfg.optim.epochs):
+        masked = cfg.maskclr.enabled and epoch >= cfg.maskclr.start_epoch
+        train = train_one_epoch(run, epoch, masked=masked)
+        run.sched.step()
+        val = validate(run, masked=masked)
+        lrs = {"lr_backbone": run.opt.param_groups[0]["lr"], "lr_head": run.opt.param_groups[1]["lr"]}
+        run.history.append({"epoch": epoch + 1, **train, **val, **lrs, "maskclr_active": masked})
         if env.main:
-            val_text = f"val top-1 {val['val_top1']:.2f} top-5 {val['val_top5']:.2f}" if has_val else "no validation"
-            log.info(
-                "epoch %d: train loss %.4f acc %.1f | %s", epoch + 1, entry["train_loss"], entry["train_acc"], val_text
-            )
-            for k, v in entry.items():
-                if isinstance(v, (int, float)) and k != "epoch":
-                    writer.add_scalar(k, v, epoch + 1)
-            writer.flush()
-            payload = {
-                "model_state": core.state_dict(),
-                "model_config": model_config_of(cfg, num_classes),
-                "run_config": run_cfg,
-                "label_names": names,
-                "epoch": epoch,
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "loss_state": loss_fn.state_dict(),
-                "best_metric": best,
-                "rng": {"torch": torch.get_rng_state()},
-                "history": history,
-                "split": split,
-            }
-            if improved:
-                save_checkpoint(out / "best.pt", payload)
-            save_checkpoint(last_path, payload)
-            atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+            log_epoch(run, run.history[-1], writer)
+            save(run, epoch)
     if writer is not None:
         writer.close()
-    if env.world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    return history[-1] if history else {}
+    teardown_distributed(env)
+    return run.history[-1] if run.history else {}

@@ -191,7 +191,9 @@ class DSTFormer(nn.Module):
         self.pre_logits.add_module("fc", nn.Linear(dim_feat, dim_rep))
         self.pre_logits.add_module("act", nn.Tanh())
         # MotionBERT's 3-d pose head: unused for action recognition, kept so official files load strictly.
+        # Frozen, so that DDP (which expects a gradient for every trainable parameter) does not wait for one.
         self.head = nn.Linear(dim_rep, 3)
+        self.head.requires_grad_(False)
         self.temp_embed = nn.Parameter(torch.zeros(1, maxlen, 1, dim_feat))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_joints, dim_feat))
         if use_mask_token:

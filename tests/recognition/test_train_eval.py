@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -42,16 +43,9 @@ def data(tmp_path_factory) -> Path:
     return path
 
 
-def _train(
-    data: Path,
-    out: Path,
-    extra: list[str],
-    *,
-    epochs: int,
-    halt: int | None = None,
-    resume: bool = False,
-    maskclr: bool = False,
-) -> subprocess.CompletedProcess:
+def _train_command(
+    data: Path, out: Path, extra: list[str], *, epochs: int, resume: bool, maskclr: bool, verbose: bool = False
+) -> list[str]:
     sets = [*TINY, f"optim.epochs={epochs}"]
     if maskclr:
         sets += ["maskclr.enabled=true", "maskclr.start_epoch=1"]
@@ -59,6 +53,7 @@ def _train(
         sys.executable,
         "-m",
         "recognition",
+        *(["-v"] if verbose else []),
         "train",
         "--config",
         str(REPO / "configs/recognition/motionbert_mocap15.yaml"),
@@ -74,12 +69,38 @@ def _train(
     ]
     for s in sets:
         cmd += ["--set", s]
-    if halt is not None:
-        cmd += ["--halt-after-steps", str(halt)]
     if resume:
         cmd.append("--resume")
+    return cmd
+
+
+def _train(
+    data: Path, out: Path, extra: list[str], *, epochs: int, resume: bool = False, maskclr: bool = False
+) -> subprocess.CompletedProcess:
+    cmd = _train_command(data, out, extra, epochs=epochs, resume=resume, maskclr=maskclr)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+
+
+def _train_killed_at(data: Path, out: Path, *, epochs: int, maskclr: bool, at: str) -> tuple[int, str]:
+    """Train, SIGKILL the process from outside as soon as it logs the line containing `at`.
+
+    The trigger is the per-step debug line (`-v`) logged before a step's forward pass, so the kill
+    lands with the step and the rest of its epoch still to run; no sleep, only the log is waited on.
+    Returns the exit status (negative: the signal) and what the process wrote on stderr.
+    """
+    cmd = _train_command(data, out, [], epochs=epochs, resume=False, maskclr=maskclr, verbose=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO, env=env)
+    seen = []
+    with proc:
+        for line in proc.stderr:  # text mode: tqdm's "\r" also ends a line
+            seen.append(line)
+            if at in line:
+                proc.send_signal(signal.SIGKILL)
+                break
+        seen += proc.stderr.readlines()  # EOF once the process is gone (killed, or ended without the line)
+    return proc.returncode, "".join(seen)
 
 
 @pytest.mark.parametrize("maskclr", [False, True], ids=["motionbert", "maskclr"])
@@ -87,9 +108,10 @@ def test_resume_after_kill_is_exact(tmp_path, data, maskclr):
     full, killed = tmp_path / "full", tmp_path / "killed"
     res = _train(data, full, [], epochs=3, maskclr=maskclr)
     assert res.returncode == 0, res.stderr[-2000:]
-    # 2 steps per epoch (16 train clips, batch 8): halt in the middle of epoch 2
-    res = _train(data, killed, [], epochs=3, halt=3, maskclr=maskclr)
-    assert res.returncode == 137
+    # 2 steps per epoch (16 train clips, batch 8): kill in the middle of epoch 2, before its step 1
+    # (epoch 1's last.pt is written before epoch 2 begins)
+    rc, stderr = _train_killed_at(data, killed, epochs=3, maskclr=maskclr, at="recognition.train: epoch 2 step 1/2")
+    assert rc == -signal.SIGKILL, stderr[-2000:]
     assert read_checkpoint(killed / "last.pt")["epoch"] == 0
     res = _train(data, killed, [], epochs=3, resume=True, maskclr=maskclr)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -232,3 +254,25 @@ def test_torchrun_two_processes_gloo(tmp_path, data):
     assert ck["epoch"] == 0 and len(ck["history"]) == 1
     assert not any(k.startswith("module.") for k in ck["model_state"])
     shutil.rmtree(tmp_path / "ddp")
+
+
+@pytest.mark.parametrize("maskclr", [False, True], ids=["motionbert", "maskclr"])
+def test_torchrun_several_steps_per_rank(tmp_path, data, maskclr):
+    """DDP past its first step: every trainable parameter gets a gradient on every rank (MotionBERT's
+    unused 3-d pose head is frozen), so the second step's reduction does not hang or fail."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun not installed beside this interpreter")
+    cmd = [str(torchrun), "--nproc_per_node=2", f"--master_port={29535 + maskclr}", "-m", "recognition", "train",
+           "--config", "configs/recognition/motionbert_mocap15.yaml", "--data", str(data), "--split", "xsub",
+           "--out", str(tmp_path / "ddp"), "--device", "cpu"]  # fmt: skip
+    sets = [*TINY, "optim.epochs=2", "optim.batch_size=4"]  # 16 clips, 2 ranks: 2 steps per rank and epoch
+    if maskclr:
+        sets += ["maskclr.enabled=true", "maskclr.start_epoch=1"]
+    for s in sets:
+        cmd += ["--set", s]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ck = read_checkpoint(tmp_path / "ddp/last.pt")
+    assert ck["epoch"] == 1 and len(ck["history"]) == 2
