@@ -32,6 +32,7 @@ import numpy as np
 from pipeline.atomic import remove_orphaned_temps
 from pipeline.config import to_dict
 from pipeline.datasets import check_unique_video_ids
+from pipeline.progress import progress as progress_bar
 from pipeline.schema import SCHEMA_VERSION, read_record, write_record
 from pose_extraction import cache
 from pose_extraction.estimators import check_estimator
@@ -235,8 +236,6 @@ def run_extract(
         RuntimeError: more than `max_failures` of this shard's videos failed, or records were
             refused (`overwrite=False`).
     """
-    from tqdm import tqdm
-
     check_unique_video_ids(videos)
     out.mkdir(parents=True, exist_ok=True)
     for folder in (out, out / cache.FAILED_DIR):  # leftovers of killed writers, also where this run may not write
@@ -255,8 +254,7 @@ def run_extract(
         if not isinstance(outcome, str):
             refused.append(outcome[1])
 
-    bar = dict(disable=not progress, dynamic_ncols=True, mininterval=1.0 if os.isatty(2) else 30.0)
-    for video in tqdm(mine, desc=f"extract {shard[0]}/{shard[1]}", **bar):
+    for video in progress_bar(mine, desc=f"extract {shard[0]}/{shard[1]}", disable=not progress, leave=True):
         visit(video, wait=False)
     for video in list(busy):  # claimed by another process: wait for it, then take over what it left
         busy.remove(video)

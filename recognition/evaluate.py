@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from pipeline.atomic import atomic_write_bytes, atomic_write_text
 from pipeline.config import from_dict
+from pipeline.progress import progress
 from pipeline.schema import read_index
 from recognition import diagnostics as dg
 from recognition.checkpoint import build_model_from_checkpoint
@@ -47,7 +47,7 @@ def eval_config(ck: dict, *, faithful: bool | None) -> TrainConfig:
 def predict_dataset(model, loader, device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Logits [N, C] float32, features [N, H] float32 and labels [N] over a loader."""
     logits, feats, labels = [], [], []
-    for x, y in tqdm(loader, desc="evaluate", leave=False, dynamic_ncols=True):
+    for x, y in progress(loader, desc="evaluate"):
         with autocast_for(device):
             out = model(x.to(device))
         logits.append(out.logits.float().cpu())

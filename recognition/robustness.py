@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from pipeline.atomic import atomic_write_bytes, atomic_write_text, write_text_if_changed
 from pipeline.config import to_dict
+from pipeline.progress import progress
 from pipeline.schema import read_index
 from recognition import perturb
 from recognition.checkpoint import build_model_from_checkpoint, read_checkpoint
@@ -362,10 +362,7 @@ def evaluate_many(
             ds = EvalClips(base, c[0], c[1], noise_per_person=npp)
             loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=run.cfg.optim.num_workers)
             logits = [
-                _forward(run, x)[0]
-                for x, _, _ in tqdm(
-                    loader, desc=f"{run.name} {describe(c[0])} seed {c[1]}", leave=False, dynamic_ncols=True
-                )
+                _forward(run, x)[0] for x, _, _ in progress(loader, desc=f"{run.name} {describe(c[0])} seed {c[1]}")
             ]
             found[c] = {"logits": torch.cat(logits).numpy(), **meta}
             cache.put(keys[c], found[c])
@@ -380,9 +377,7 @@ def _run_model_space(run: RunContext, base: SkeletonDataset, todo: list, batch_s
     ds = EvalClips(base, Perturbation("clean"), 0, noise_per_person=True)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=run.cfg.optim.num_workers)
     chunks: dict = {c: {} for c in todo}
-    for x, _, pos in tqdm(
-        loader, desc=f"{run.name}: {len(todo)} model-space evaluations", leave=False, dynamic_ncols=True
-    ):
+    for x, _, pos in progress(loader, desc=f"{run.name}: {len(todo)} model-space evaluations"):
         for c, arrays in _model_space_batch(run, x, pos.numpy(), todo).items():
             for name, a in arrays.items():
                 chunks[c].setdefault(name, []).append(a)

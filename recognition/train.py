@@ -32,10 +32,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
 from pipeline.atomic import atomic_write_text, write_text_if_changed
 from pipeline.config import dump_yaml, to_dict
+from pipeline.progress import progress
 from pipeline.schema import read_index
 from recognition.checkpoint import init_from, is_ours, read_checkpoint, save_checkpoint
 from recognition.checkpoint_import import CheckpointError
@@ -277,7 +277,7 @@ def train_one_epoch(run: Run, epoch: int, *, masked: bool) -> dict:
     sums: dict[str, float] = {}
     seen = 0
     desc = f"epoch {epoch + 1}/{run.cfg.optim.epochs}"
-    bar = tqdm(run.train_loader, desc=desc, disable=not run.env.main, leave=False, dynamic_ncols=True)
+    bar = progress(run.train_loader, desc=desc, disable=not run.env.main)
     for step, (x, y) in enumerate(bar):
         log.debug("epoch %d step %d/%d", epoch + 1, step + 1, len(run.train_loader))
         x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
@@ -290,7 +290,7 @@ def train_one_epoch(run: Run, epoch: int, *, masked: bool) -> dict:
         for name, v in {"loss": loss.detach(), **parts}.items():
             sums[name] = sums.get(name, 0.0) + float(v) * k
         sums["acc"] = sums.get("acc", 0.0) + float((logits.argmax(1) == y).sum())
-        bar.set_postfix(loss=f"{sums['loss'] / seen:.3f}")
+        bar.set_postfix(loss=f"{sums['loss'] / seen:.3f}", refresh=False)  # drawn at the bar's own rate
     # "train_acc" keeps the place of sums' "acc" (key order is metrics.jsonl's column order)
     means = {f"train_{k}": v / max(seen, 1) for k, v in sums.items()}
     return means | {"train_acc": 100.0 * sums.get("acc", 0.0) / max(seen, 1)}
