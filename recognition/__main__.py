@@ -1,6 +1,6 @@
 """`python -m recognition <verb>`: train, evaluate, report.
 
-    train     --config C --data INDEX --split xsub|xview|xset --out DIR [--init CK] [--resume]
+    train     --config C --data INDEX --split xsub|xview|xset --out DIR [--init CK [--allow-pickle]] [--resume]
     evaluate  --checkpoint CK --data INDEX --split xview_val --out DIR [--noise-sigma S] [--faithful]
     predict   --video V|DIR --run RUN --out DIR [--estimator E] [--estimator-python PY]
     report    --runs RUN_DIR... --data INDEX... --out DIR [--config configs/report/default.yaml] [--only SECTION]
@@ -35,6 +35,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         init=args.init,
         resume=args.resume,
+        allow_pickle=args.allow_pickle,
     )
     return 0
 
@@ -121,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--init", default=None, help="initial weights: ours, or MotionBERT model_pos/model files")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="allow full unpickling of a trusted --init file (e.g. MotionBERT's latest_epoch.bin with numpy scalars)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.set_defaults(func=_cmd_train)
 

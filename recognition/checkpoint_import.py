@@ -94,7 +94,7 @@ def load_torch_file(path: str | Path, *, allow_pickle: bool = False, remedy: str
     if not allow_pickle:
         raise UnsafeCheckpointError(
             f"{p}: weights_only=True cannot read it: it references {_name_list(names)}; pass allow_pickle=True "
-            "(evaluate --allow-pickle) only if you trust the file, since unpickling it can run arbitrary code"
+            "(train or evaluate --allow-pickle) only if you trust the file, since unpickling it can run arbitrary code"
         )
     log.warning(
         "%s: allow_pickle (--allow-pickle): trusting this file and unpickling it fully (weights_only=False), "

@@ -224,7 +224,15 @@ def restore(run: Run, path: Path) -> None:
 
 
 def setup(
-    cfg: TrainConfig, env: Dist, *, data: str | Path, split: str, out: Path, init: str | None, resume: bool
+    cfg: TrainConfig,
+    env: Dist,
+    *,
+    data: str | Path,
+    split: str,
+    out: Path,
+    init: str | None,
+    resume: bool,
+    allow_pickle: bool = False,
 ) -> Run:
     """Data, model, optimiser, scheduler and loss, then `out/last.pt`'s state (`resume`) or the `init` weights.
 
@@ -243,7 +251,7 @@ def setup(
     elif resume:
         log.info("--resume: no %s yet; starting from scratch", last_path)
     elif init:
-        log.info("--init %s: %s", init, init_from(core, init))
+        log.info("--init %s: %s", init, init_from(core, init, allow_pickle=allow_pickle))
     if env.world > 1:
         device_ids = [env.device] if env.device.type == "cuda" else None
         # MaskCLR: the standard pass runs outside the wrapper (maskclr_step), so DDP cannot assume that
@@ -354,12 +362,17 @@ def run_train(
     device: str = "auto",
     init: str | None = None,
     resume: bool = False,
+    allow_pickle: bool = False,
 ) -> dict:
-    """Train; returns the final history entry. See the module docstring for the files."""
+    """Train; returns the final history entry. See the module docstring for the files.
+
+    `allow_pickle`: read an `init` file that needs full unpickling (MotionBERT's `latest_epoch.bin`
+    stores numpy scalars); only for files you trust, as with `evaluate --allow-pickle`.
+    """
     out = Path(out)
     env = setup_distributed(device)
     seed_everything(cfg.seed)
-    run = setup(cfg, env, data=data, split=split, out=out, init=init, resume=resume)
+    run = setup(cfg, env, data=data, split=split, out=out, init=init, resume=resume, allow_pickle=allow_pickle)
     writer = None
     if env.main:
         out.mkdir(parents=True, exist_ok=True)

@@ -351,3 +351,18 @@ def test_unsafe_globals_list_is_bounded(tmp_path):
         read_checkpoint(path)
     msg = str(err.value)
     assert "30 globals" in msg and msg.count("no_such_mod") == 10 and "\n" not in msg, msg
+
+
+def test_cli_train_init_allow_pickle(tmp_path, data, caplog, capsys):
+    """`train --init` of MotionBERT's pretrained `latest_epoch.bin` (numpy scalars inside): refused with the
+    flag to use, then read with `--allow-pickle` after the warning naming the file."""
+    ck = _numpy_scalar_file(tmp_path / "latest_epoch.bin")
+    argv = _train_argv(data, tmp_path / "run", "--init", str(ck))
+    assert main(argv) == 1
+    line = _error_line(capsys)
+    assert str(ck) in line and "numpy" in line and "train or evaluate --allow-pickle" in line, line
+    with caplog.at_level(logging.WARNING):
+        assert main([*argv, "--allow-pickle"]) == 0
+    msgs = [r.getMessage() for r in caplog.records if "arbitrary code" in r.getMessage()]
+    assert msgs and str(ck) in msgs[0], msgs
+    assert (tmp_path / "run/best.pt").is_file()
