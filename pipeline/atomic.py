@@ -52,6 +52,7 @@ def remove_orphaned_temps(folder: str | os.PathLike) -> list[Path]:
     Returns:
         The files removed.
     """
+    _cleaned.add(str(Path(folder).resolve()))  # atomic_open need not scan it again in this process
     removed = []
     now = time.time()
     with contextlib.suppress(FileNotFoundError, NotADirectoryError), os.scandir(folder) as it:
@@ -94,7 +95,6 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         dest.parent.mkdir(parents=True, exist_ok=True)
         folder = str(dest.parent.resolve())
         if folder not in _cleaned:
-            _cleaned.add(folder)
             remove_orphaned_temps(folder)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.tmp-{os.getpid()}@{_HOST}-", dir=dest.parent)
     except OSError as exc:

@@ -15,25 +15,18 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from pipeline.schema import write_index, write_record
 from tests.helpers import make_index, make_record
-from tests.pose_extraction.test_extract import write_video
+from tests.pose_extraction.test_extract import start_inside_long_video, write_video
 from tests.recognition.test_report import build_tiny_inputs
+from tests.recognition.test_train_eval import TINY as TRAIN_TINY
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = [
-    "model.preset=tiny",
-    "model.hidden_dim=32",
-    "model.maxlen=16",
-    "data.clip_len=16",
-    "optim.batch_size=8",
-    "optim.epochs=1",
-]
+TINY = [*TRAIN_TINY, "optim.epochs=1"]
 COMMANDS = ["extract", "index", "train", "evaluate", "report"]
 
 
@@ -211,38 +204,7 @@ def test_real_tmpfs(command, fault, inputs, tmp_path):
 
 def test_ctrl_c_stops_cleanly(tmp_path):
     """SIGINT during extraction: exit 130, one line, no partial record or temp file."""
-    d = tmp_path / "v"
-    d.mkdir()
-    write_video(d / "a.mp4", 8)
-    write_video(d / "long.mp4", 300)
-    out = tmp_path / "poses"
-    env = dict(os.environ, RSA_EXTRACT_SLEEP="0.05")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pose_extraction",
-            "extract",
-            "--estimator",
-            "standin",
-            "--videos",
-            str(d),
-            "--out",
-            str(out),
-            "--device",
-            "cpu",
-            "--set",
-            "chunk_size=8",
-        ],
-        cwd=REPO,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.time() + 120
-    while not (out / "a.pkl").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # inside long.mp4
+    proc, out = start_inside_long_video(tmp_path, 300)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]

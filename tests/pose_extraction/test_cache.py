@@ -17,7 +17,7 @@ import pytest
 
 from pipeline.schema import read_record
 from pose_extraction import cache
-from tests.pose_extraction.test_extract import REPO, extract, write_video
+from tests.pose_extraction.test_extract import REPO, extract, extract_cmd, write_video
 
 
 def _extracting(stderr: str) -> list[str]:
@@ -196,20 +196,7 @@ def test_two_processes_on_one_folder_extract_each_video_once(tmp_path):
     for i in range(100):
         write_video(d / f"v{i:03d}.mp4", 4, size=(32, 24))
     out = tmp_path / "poses"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pose_extraction",
-        "extract",
-        "--estimator",
-        "standin",
-        "--videos",
-        str(d),
-        "--out",
-        str(out),
-        "--device",
-        "cpu",
-    ]
+    cmd = extract_cmd(d, out)
     env = dict(os.environ, RSA_EXTRACT_SLEEP="0.01")
     procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     logs = [p.communicate(timeout=300)[1] for p in procs]

@@ -46,8 +46,9 @@ def videos(tmp_path) -> Path:
     return d
 
 
-def extract(videos: Path, out: Path, *extra: str, env=None) -> subprocess.CompletedProcess:
-    cmd = [
+def extract_cmd(videos: Path, out: Path, *extra: str) -> list[str]:
+    """`python -m pose_extraction extract` with the stand-in estimator on the CPU."""
+    return [
         sys.executable,
         "-m",
         "pose_extraction",
@@ -62,7 +63,28 @@ def extract(videos: Path, out: Path, *extra: str, env=None) -> subprocess.Comple
         "cpu",
         *extra,
     ]
+
+
+def extract(videos: Path, out: Path, *extra: str, env=None) -> subprocess.CompletedProcess:
+    cmd = extract_cmd(videos, out, *extra)
     return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env or os.environ.copy(), timeout=300)
+
+
+def start_inside_long_video(root: Path, long_frames: int) -> tuple[subprocess.Popen, Path]:
+    """Extraction of `a.mp4` (8 frames) then `long.mp4`, slowed per chunk, returned once it is inside long.mp4."""
+    d = root / "videos"
+    d.mkdir()
+    write_video(d / "a.mp4", 8)
+    write_video(d / "long.mp4", long_frames)
+    out = root / "poses"
+    env = dict(os.environ, RSA_EXTRACT_SLEEP="0.05")  # the stand-in sleeps per chunk: time to stop it
+    cmd = extract_cmd(d, out, "--set", "chunk_size=8")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "a.pkl").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # inside long.mp4 now
+    return proc, out
 
 
 def test_folder_with_bad_videos_then_resume(tmp_path, videos):
@@ -86,36 +108,8 @@ def test_folder_with_bad_videos_then_resume(tmp_path, videos):
 
 
 def test_kill_mid_video_leaves_no_partial_record(tmp_path):
+    proc, out = start_inside_long_video(tmp_path, 400)
     d = tmp_path / "videos"
-    d.mkdir()
-    write_video(d / "a.mp4", 8)
-    write_video(d / "long.mp4", 400)
-    out = tmp_path / "poses"
-    env = dict(os.environ, RSA_EXTRACT_SLEEP="0.05")  # the stand-in sleeps per chunk: time to kill it
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pose_extraction",
-            "extract",
-            "--estimator",
-            "standin",
-            "--videos",
-            str(d),
-            "--out",
-            str(out),
-            "--set",
-            "chunk_size=8",
-        ],
-        cwd=REPO,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.time() + 120
-    while not (out / "a.pkl").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # inside long.mp4 now
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (out / "a.pkl").exists() and not (out / "long.pkl").exists()
