@@ -222,8 +222,9 @@ def test_ctrl_c_stops_training_cleanly(workers, inputs, tmp_path):
     out = tmp_path / "run"
     argv = argv_for("train", inputs, out)
     argv += ["--set", "optim.epochs=200", "--set", f"optim.num_workers={workers}"]
-    proc = subprocess.Popen([sys.executable, "-m", *argv], cwd=REPO, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *argv], cwd=REPO, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     seen = []
     for line in proc.stderr:  # wait for the second epoch to be under way
         seen.append(line)

@@ -263,9 +263,24 @@ def test_torchrun_several_steps_per_rank(tmp_path, data, maskclr):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():
         pytest.skip("torchrun not installed beside this interpreter")
-    cmd = [str(torchrun), "--nproc_per_node=2", f"--master_port={29535 + maskclr}", "-m", "recognition", "train",
-           "--config", "configs/recognition/motionbert_mocap15.yaml", "--data", str(data), "--split", "xsub",
-           "--out", str(tmp_path / "ddp"), "--device", "cpu"]  # fmt: skip
+    cmd = [
+        str(torchrun),
+        "--nproc_per_node=2",
+        f"--master_port={29535 + maskclr}",
+        "-m",
+        "recognition",
+        "train",
+        "--config",
+        "configs/recognition/motionbert_mocap15.yaml",
+        "--data",
+        str(data),
+        "--split",
+        "xsub",
+        "--out",
+        str(tmp_path / "ddp"),
+        "--device",
+        "cpu",
+    ]
     sets = [*TINY, "optim.epochs=2", "optim.batch_size=4"]  # 16 clips, 2 ranks: 2 steps per rank and epoch
     if maskclr:
         sets += ["maskclr.enabled=true", "maskclr.start_epoch=1"]
