@@ -293,16 +293,15 @@ def _extract_one(
     "busy" (claimed by another process, wait=False), or ("refused", what differs)."""
     dest = out / f"{video.stem}.pkl"
     key = extractor.key_for(video)
-    first = _state(out, dest, video, key, overwrite=overwrite, retry_failed=retry_failed)
+    first, _ = _state(out, dest, video, key, overwrite=overwrite, retry_failed=retry_failed)
     if first is not None:
         return first
     with cache.claim(out, video.stem, wait=wait) as mine:
         if not mine:
             return "busy"
-        again = _state(out, dest, video, key, overwrite=overwrite, retry_failed=retry_failed)
+        again, old = _state(out, dest, video, key, overwrite=overwrite, retry_failed=retry_failed)
         if again is not None:  # finished by another process while we were looking
             return "done_by_other" if again in ("skipped", "skipped_failed") else again
-        old = stored_record(dest)
         if old is not None:
             log.info("%s: re-extracting, the record differs: %s", video.name, cache.differences(old.get("cache"), key))
             dest.unlink()  # stale: never left beside a video it does not describe
@@ -334,25 +333,22 @@ def _extract_one(
 
 def _state(
     out: Path, dest: Path, video: Path, key: dict, *, overwrite: bool, retry_failed: bool
-) -> str | tuple[str, str] | None:
-    """What is already there for this key: "skipped", "skipped_failed", ("refused", why), or None (work)."""
+) -> tuple[str | tuple[str, str] | None, dict | None]:
+    """What is already there for this key: ("skipped" | "skipped_failed" | ("refused", why) | None for work,
+    the valid record at `dest` if it is stale, else None), reading the record once."""
     rec = stored_record(dest)
     if rec is not None:
         if isinstance(rec.get("cache"), dict) and rec["cache"].get("digest") == key["digest"]:
-            return "skipped"
+            return "skipped", None
         if not overwrite:
             why = f"{dest.name}: {cache.differences(rec.get('cache'), key)}"
             log.error("%s: kept (--no-overwrite), it differs from this run: %s", video.name, why)
-            return ("refused", why)
-        return None
+            return ("refused", why), None
+        return None, rec
     failure = cache.read_failure(out, video.stem)
     if failure is not None and not retry_failed and failure.get("key", {}).get("digest") == key["digest"]:
-        return "skipped_failed"
-    return None
-
-
-def config_summary(cfg: PoseConfig) -> dict:
-    return asdict(cfg)
+        return "skipped_failed", None
+    return None, None
 
 
 def distributed_shard() -> tuple[int, int] | None:
