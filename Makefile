@@ -16,7 +16,12 @@ DATASET   ?= mocap15
 ESTIMATOR ?= vitpose
 MODEL     ?= motionbert
 BACKBONE  ?= dstformer
-SPLIT     ?= xview
+# The dataset's family is its name's first word (ntu60_vitpose -> ntu60); it picks the shipped config
+# configs/recognition/<model>[_<backbone>]_<family>.yaml (recognition/shipped.py) and the default protocol.
+FAMILY    := $(firstword $(subst _, ,$(DATASET)))
+SPLIT     ?= $(if $(filter ntu60 ntu120,$(FAMILY)),xsub,$(if $(filter mocap15,$(FAMILY)),xview,train))
+VAL_SPLIT  = $(if $(filter train all,$(SPLIT)),val,$(SPLIT)_val)
+CONFIG    ?=
 DEVICE    ?= auto
 BB_TAG    := $(if $(filter dstformer,$(BACKBONE)),,_$(BACKBONE))
 RUN       ?= $(ART)/runs/$(MODEL)$(BB_TAG)_$(DATASET)_$(SPLIT)
@@ -127,11 +132,16 @@ dataset: $(STAMP) ## build the PYSKL index: DATASET=mocap15, or ntu60|ntu120|kin
 	    --out $(ART)/datasets/$(DATASET)_$(ESTIMATOR).pkl; fi
 
 .PHONY: train
-train: ## train MODEL (motionbert|maskclr) with BACKBONE (dstformer|transformer|sttformer) on DATASET, SPLIT; evaluate. SET="k=v ..."
-	@case "$(MODEL)" in motionbert|maskclr) ;; *) echo "make train: unknown MODEL=$(MODEL); valid: motionbert, maskclr" >&2; exit 2;; esac
-	@test -f configs/recognition/$(MODEL)$(BB_TAG)_$(DATASET).yaml || { echo "make train: no config configs/recognition/$(MODEL)$(BB_TAG)_$(DATASET).yaml; available: $$(ls configs/recognition)" >&2; exit 2; }
-	@$(MAKE) --no-print-directory $(RUN)/eval_$(SPLIT)_val/metrics.json
-	@echo "run: $(RUN)/  (metrics: $(RUN)/eval_$(SPLIT)_val/metrics.json)"
+train: $(STAMP) ## train MODEL (motionbert|motionbert_ft|motionbert_r|maskclr), BACKBONE, on DATASET, SPLIT; evaluate. SET="k=v ...", CONFIG=file
+	@case "$(MODEL)" in motionbert|motionbert_ft|motionbert_r|maskclr) ;; *) echo "make train: unknown MODEL=$(MODEL); valid: motionbert, motionbert_ft, motionbert_r, maskclr" >&2; exit 2;; esac
+	@test -n "$(CONFIG)" || $(PY) -m recognition configs --find $(MODEL) $(BACKBONE) $(DATASET) >/dev/null
+	@test -z "$(CONFIG)" || test -f "$(CONFIG)" || { echo "make train: CONFIG=$(CONFIG): no such file" >&2; exit 2; }
+	@$(MAKE) --no-print-directory $(RUN)/eval_$(VAL_SPLIT)/metrics.json
+	@echo "run: $(RUN)/  (metrics: $(RUN)/eval_$(VAL_SPLIT)/metrics.json)"
+
+.PHONY: configs
+configs: $(STAMP) ## list the shipped run configs: model, backbone, family, splits, file
+	@$(PY) -m recognition configs
 
 .PHONY: poses
 poses: $(POSE_ENV) ## extract poses: ESTIMATOR=vitpose|hrnet|openpifpaf|blazepose VIDEOS=dir-or-list DATASET=name (incremental, resumable)
@@ -174,19 +184,31 @@ SET_ARGS := $(foreach s,$(SET),--set $(s))
 .PHONY: FORCE
 FORCE:
 
-$(ART)/runs/%/frozen.yaml: FORCE | $(STAMP)
-	@$(PY) -m pipeline freeze-config configs/recognition/$(patsubst %_$(SPLIT),%,$*).yaml \
-	  $(if $(filter $(MODEL)$(BB_TAG)_$(DATASET)_$(SPLIT),$*),$(SET_ARGS)) --out $@
+# The config of run <model><bb>_<dataset>_<split>: CONFIG for the run asked for, else the family's shipped one.
+THIS_RUN   = $(MODEL)$(BB_TAG)_$(DATASET)_$(SPLIT)
+run_config = $(if $(and $(CONFIG),$(filter $(THIS_RUN),$1)),$(CONFIG),configs/recognition/$(patsubst %_$(DATASET)_$(SPLIT),%,$1)_$(FAMILY).yaml)
 
-$(BASE_RUN)/best.pt: $(BASE_RUN)/frozen.yaml $(INDEX) $(TRAIN_SRC)
-	$(PY) -m recognition train --config $< --data $(INDEX) --split $(SPLIT) --out $(@D) --device $(DEVICE)
+$(ART)/runs/%/frozen.yaml: FORCE | $(STAMP)
+	@$(PY) -m pipeline freeze-config $(call run_config,$*) $(if $(filter $(THIS_RUN),$*),$(SET_ARGS)) --out $@
+
+# Pattern-made runs keep their files (Make would delete them as intermediates); writes are atomic anyway.
+.PRECIOUS: $(ART)/runs/%/frozen.yaml $(ART)/runs/%/best.pt
+
+# An index that is neither built nor fetched: say how to get one (mocap15's has its own rule).
+$(ART)/datasets/%.pkl:
+	@echo "make: no dataset index $@; build it (make poses, then make dataset DATASET=<family> ESTIMATOR=...) or fetch a published one (make fetch DATASET=$*)" >&2; exit 2
+
+# MotionBERT from scratch (motionbert, motionbert_r) and finetuned from the pretrained backbone (motionbert_ft).
+$(ART)/runs/%/best.pt: $(ART)/runs/%/frozen.yaml $(INDEX) $(TRAIN_SRC)
+	$(PY) -m recognition train --config $< --data $(INDEX) --split $(SPLIT) --out $(@D) --device $(DEVICE) \
+	  $(if $(filter motionbert_ft%,$*),--init "$$($(PY) -m pose_extraction weights motionbert --path)" --allow-pickle)
 
 $(MCLR_RUN)/best.pt: $(MCLR_RUN)/frozen.yaml $(BASE_RUN)/best.pt $(INDEX) $(TRAIN_SRC)
 	$(PY) -m recognition train --config $< --data $(INDEX) --split $(SPLIT) --out $(@D) --device $(DEVICE) \
 	  --init $(BASE_RUN)/best.pt
 
-$(ART)/runs/%/eval_$(SPLIT)_val/metrics.json: $(ART)/runs/%/best.pt $(INDEX)
-	$(PY) -m recognition evaluate --checkpoint $< --data $(INDEX) --split $(SPLIT)_val --out $(@D) --device $(DEVICE)
+$(ART)/runs/%/eval_$(VAL_SPLIT)/metrics.json: $(ART)/runs/%/best.pt $(INDEX)
+	$(PY) -m recognition evaluate --checkpoint $< --data $(INDEX) --split $(VAL_SPLIT) --out $(@D) --device $(DEVICE)
 
 # The report rewrites only files whose bytes change and caches every evaluation in $(@D)/cache/, so a re-run after
 # an unrelated source change is quick; the touch marks report.html as up to date for Make.

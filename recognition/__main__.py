@@ -1,8 +1,9 @@
 """`python -m recognition <verb>`: train, evaluate, report.
 
-    train     --config C --data INDEX --split xsub|xview|xset --out DIR [--init CK [--allow-pickle]] [--resume]
+    train     --config C --data INDEX --split xsub|xview|xset|train --out DIR [--init CK [--allow-pickle]] [--resume]
     evaluate  --checkpoint CK --data INDEX --split xview_val --out DIR [--noise-sigma S] [--faithful]
     predict   --video V|DIR --run RUN --out DIR [--estimator E] [--estimator-python PY]
+    configs   [--find MODEL BACKBONE DATASET]   the shipped run configs
     report    --runs RUN_DIR... --data INDEX... --out DIR [--config configs/report/default.yaml] [--only SECTION]
 
 Exit status 0 on success, 1 on a failure (one error line on stderr), 2 on bad arguments.
@@ -107,6 +108,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_configs(args: argparse.Namespace) -> int:
+    from recognition.shipped import find_config, format_table, shipped_configs
+
+    if args.find:
+        print(find_config(*args.find))
+    else:
+        print(format_table(shipped_configs()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m recognition", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -118,7 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="YAML (configs/recognition/*.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--data", required=True, help="PYSKL dataset index (.pkl)")
-    p.add_argument("--split", required=True, help="split family: xsub, xview, xset (uses <split>_train/_val)")
+    p.add_argument(
+        "--split",
+        required=True,
+        help="protocol: xsub, xview, xset (uses <split>_train/_val); train, all or '' for the train/val "
+        "splits of Kinetics400 and folder indexes",
+    )
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--init", default=None, help="initial weights: ours, or MotionBERT model_pos/model files")
@@ -129,6 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("configs", help="list the shipped run configs (model, backbone, family, splits, file)")
+    p.add_argument(
+        "--find",
+        nargs=3,
+        metavar=("MODEL", "BACKBONE", "DATASET"),
+        help="print the shipped config for MODEL on BACKBONE for DATASET's family (error if none)",
+    )
+    p.set_defaults(func=_cmd_configs)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on a split")
     p.add_argument("--checkpoint", required=True, help="ours (.pt) or a MotionBERT action file")

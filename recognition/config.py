@@ -38,6 +38,7 @@ class OptimConfig:
     weight_decay: float = 0.01
     lr_decay: float = 0.99
     num_workers: int = 0
+    pin_memory: bool = False  # pinned host batches (CUDA only; ignored on CPU)
     skip_bad: bool = False
 
 
@@ -67,16 +68,70 @@ class MaskCLRConfig:
 
 
 @dataclass(frozen=True)
+class RandomMaskConfig:
+    """MotionBERT-R (docs/method.md §7.5): every training step masks `ratio` of each real person's (frame, joint)
+    tokens, drawn uniformly; the model's mask token replaces them (zeroed joints on backbones without one). 0: off."""
+
+    ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ratio < 1.0:
+            raise ValueError(f"random_mask.ratio must be in [0, 1), got {self.ratio}")
+
+
+# Dataset families a shipped config can be written for, with their class counts (docs/method.md §12).
+FAMILY_CLASSES = {"ntu60": 60, "ntu120": 120, "kinetics400": 400}
+
+
+@dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training run needs besides its paths (which come from the command line)."""
+    """Everything a training run needs besides its paths (which come from the command line).
+
+    `dataset` names the family the config is written for (a key of FAMILY_CLASSES); training refuses an index of
+    another family. None: any index (mocap15, folder datasets).
+    """
 
     seed: int = 0
     faithful: bool = False
+    dataset: str | None = None
     noise_per_person: bool = True  # F6, for noisy evaluation
     model: ModelConfig = field(default_factory=ModelConfig)
     data: PreprocessOptions = field(default_factory=PreprocessOptions)
     optim: OptimConfig = field(default_factory=OptimConfig)
     maskclr: MaskCLRConfig = field(default_factory=MaskCLRConfig)
+    random_mask: RandomMaskConfig = field(default_factory=RandomMaskConfig)
+
+
+# Protocol names that mean the unprefixed `train`/`val` pair of Kinetics400 and folder indexes.
+PLAIN_PROTOCOLS = ("", "train", "all")
+
+
+def split_names(protocol: str) -> tuple[str, str]:
+    """(training split, validation split) of a protocol: `xsub` -> (`xsub_train`, `xsub_val`); `""`, `train` or `all`
+    -> (`train`, `val`), the splits of Kinetics400 and folder indexes."""
+    if protocol in PLAIN_PROTOCOLS:
+        return "train", "val"
+    return f"{protocol}_train", f"{protocol}_val"
+
+
+def check_family(cfg: TrainConfig, *, family: str | None, num_classes: int, source: object) -> None:
+    """Refuse an index of another family than the config's `dataset` (named by the index, or told by its class count).
+
+    Raises:
+        ValueError: naming the index `source`, both families and the config to use instead.
+    """
+    want = cfg.dataset
+    if want is None:
+        return
+    got = family or next((f for f, n in FAMILY_CLASSES.items() if n == num_classes), None)
+    if got == want and num_classes == FAMILY_CLASSES[want]:
+        return
+    what = f"a {got} index of {num_classes} classes" if got else f"an index of {num_classes} classes"
+    instead = f"a {got} config" if got in FAMILY_CLASSES else "a config without `dataset`"
+    raise ValueError(
+        f"{source}: {what}, but the config is for {want} ({FAMILY_CLASSES[want]} classes); "
+        f"use {instead} (make configs lists the shipped ones) or a {want} index"
+    )
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
@@ -85,6 +140,10 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         raise ValueError(f"data.clip_len {cfg.data.clip_len} exceeds model.maxlen {cfg.model.maxlen}")
     if cfg.maskclr.sc_p_dim not in (0, 1):
         raise ValueError(f"maskclr.sc_p_dim must be 0 or 1, got {cfg.maskclr.sc_p_dim}")
+    if cfg.dataset is not None and cfg.dataset not in FAMILY_CLASSES:
+        raise ValueError(f"dataset {cfg.dataset!r} is not a known family; valid: {', '.join(FAMILY_CLASSES)} or null")
+    if cfg.random_mask.ratio and cfg.maskclr.enabled:
+        raise ValueError("random_mask (MotionBERT-R) and maskclr are two different models; enable one of them")
     if cfg.model.faithful_residual_bug and cfg.model.backbone != "transformer":
         raise ValueError(
             f"model.faithful_residual_bug (F9) exists only for the transformer backbone, not {cfg.model.backbone!r}"

@@ -31,6 +31,7 @@ import torch
 from pipeline.config import dump_yaml, to_dict
 from pipeline.schema import COCO17_JOINTS
 from recognition import diagnostics as dg
+from recognition.config import split_names
 from recognition.data import split_frame_dirs
 from recognition.perturb import PERTURBATIONS, gaussian_noise
 from recognition.preprocess import normalize_screen
@@ -828,7 +829,7 @@ def run_report(
             raise ValueError(
                 f"the runs were trained on different or unknown splits {sorted(map(str, fams))}; pass --split"
             )
-        split = f"{fams.pop()}_val"
+        split = split_names(fams.pop())[1]
     datas = [DataContext(d, split=split, cache=cache) for d in data]
     report = Report(runs=contexts, data=datas, cfg=cfg, command=command)
     names = list(only) if only else list(SECTIONS)

@@ -39,7 +39,7 @@ from pipeline.progress import progress
 from pipeline.schema import read_index
 from recognition.checkpoint import init_from, is_ours, read_checkpoint, save_checkpoint
 from recognition.checkpoint_import import CheckpointError
-from recognition.config import TrainConfig
+from recognition.config import TrainConfig, check_family, split_names
 from recognition.data import SkeletonDataset, label_names_of, make_dataset, no_clips_message, require_clips
 from recognition.maskclr.agpm import agpm_mask, apply_input_zero_mask, v1_input_mask
 from recognition.maskclr.losses import MLCLLoss
@@ -66,7 +66,7 @@ def model_config_of(cfg: TrainConfig, num_classes: int) -> dict:
         hidden_dim=m.hidden_dim,
         dropout=m.dropout,
         maxlen=m.maxlen,
-        use_mask_token=cfg.maskclr.enabled and cfg.maskclr.masking == "agpm",
+        use_mask_token=(cfg.maskclr.enabled and cfg.maskclr.masking == "agpm") or cfg.random_mask.ratio > 0,
     )
     if m.faithful_residual_bug:  # F9; absent otherwise, so other runs' model configs are unchanged
         out["backbone_options"] = {"faithful_residual_bug": True}
@@ -185,21 +185,24 @@ class Run:
 
 def make_loaders(cfg: TrainConfig, env: Dist, index: dict, *, data: str | Path, split: str, num_classes: int) -> dict:
     """`Run`'s train_ds, sampler, train_loader and val_loader (None: no validation); no training clip raises."""
-    train_ds = make_dataset(cfg, index, f"{split}_train", train=True, num_classes=num_classes, source=data)
-    require_clips(train_ds, f"{split}_train", data, usable="training clips")
-    val_ds = make_dataset(cfg, index, f"{split}_val", train=False, num_classes=num_classes, source=data)
+    train_split, val_split = split_names(split)
+    train_ds = make_dataset(cfg, index, train_split, train=True, num_classes=num_classes, source=data)
+    require_clips(train_ds, train_split, data, usable="training clips")
+    val_ds = make_dataset(cfg, index, val_split, train=False, num_classes=num_classes, source=data)
     if not len(val_ds):
         log.warning(
             "%s: no validation; best.pt is the last epoch's weights and val_* are null in metrics.jsonl",
-            no_clips_message(val_ds, f"{split}_val", data, usable="validation clips"),
+            no_clips_message(val_ds, val_split, data, usable="validation clips"),
         )
     sampler = DistributedSampler(
         train_ds, num_replicas=env.world, rank=env.rank, shuffle=True, seed=cfg.seed, drop_last=env.world > 1
     )
     bs, workers = cfg.optim.batch_size, cfg.optim.num_workers
     drop_last = cfg.maskclr.enabled and len(train_ds) > bs
-    train_loader = DataLoader(train_ds, batch_size=bs, sampler=sampler, num_workers=workers, drop_last=drop_last)
-    val_loader = DataLoader(val_ds, batch_size=bs, shuffle=False, num_workers=workers) if len(val_ds) else None
+    # Workers are not persistent: each epoch's workers copy the dataset after its set_epoch.
+    common = dict(batch_size=bs, num_workers=workers, pin_memory=cfg.optim.pin_memory and env.device.type == "cuda")
+    train_loader = DataLoader(train_ds, sampler=sampler, drop_last=drop_last, **common)
+    val_loader = DataLoader(val_ds, shuffle=False, **common) if len(val_ds) else None
     return {"train_ds": train_ds, "sampler": sampler, "train_loader": train_loader, "val_loader": val_loader}
 
 
@@ -240,6 +243,8 @@ def setup(
     """
     index = read_index(data)
     names = label_names_of(index)
+    family = index.get("dataset") if isinstance(index, dict) else getattr(index, "dataset", None)
+    check_family(cfg, family=family, num_classes=len(names), source=data)
     loaders = make_loaders(cfg, env, index, data=data, split=split, num_classes=len(names))
     core = build_model(cfg, len(names)).to(env.device)
     opt, sched = make_optimizer(cfg, core)
@@ -266,12 +271,25 @@ def setup(
     return run
 
 
+def random_token_mask(x: torch.Tensor, ratio: float) -> torch.Tensor:
+    """MotionBERT-R's mask (docs/method.md §7.5): bool [N, M, T, V] with round(ratio·T·V) tokens of each real person
+    (any non-zero confidence) drawn uniformly, from the torch RNG; padded persons are never masked."""
+    n, m, t, v, _ = x.shape
+    k = round(ratio * t * v)
+    order = torch.rand(n, m, t * v, device=x.device).argsort(dim=-1)
+    mask = torch.zeros(n, m, t * v, dtype=torch.bool, device=x.device)
+    mask.scatter_(-1, order[..., :k], True)
+    real = (x[..., 2] != 0).flatten(2).any(-1)  # [N, M]
+    return (mask & real[..., None]).reshape(n, m, t, v)
+
+
 def forward_loss(run: Run, x: torch.Tensor, y: torch.Tensor, *, masked: bool):
     """(loss, logits, detached loss parts) of one batch: CE, or the MaskCLR step once `masked`."""
     with autocast_for(run.env.device):
         if masked:
             return maskclr_step(run.cfg, run.model, run.core, run.loss_fn, x, y, update_memory=True)
-        logits = run.model(x).logits
+        mask = random_token_mask(x, run.cfg.random_mask.ratio) if run.cfg.random_mask.ratio else None
+        logits = run.model(x, token_mask=mask).logits
         loss = F.cross_entropy(logits.float(), y)
         return loss, logits, {"ce": loss.detach()}
 

@@ -43,7 +43,7 @@ def test_newcomer_errors_are_one_line():
     res = make("train", "MODEL=bogus")
     assert res.returncode != 0 and "unknown MODEL=bogus" in res.stderr
     res = make("train", "DATASET=nope")
-    assert res.returncode != 0 and "no config configs/recognition/motionbert_nope.yaml" in res.stderr
+    assert res.returncode != 0 and "no shipped config for MODEL=motionbert BACKBONE=dstformer on nope" in res.stderr
 
 
 def test_device_cuda_without_a_gpu_is_one_line(tmp_path):
