@@ -68,8 +68,8 @@ PAPER_BLOCKS = (
 )
 MASKCLR_BLOCKS = ((64, 64, 16), (64, 128, 32), (128, 256, 64), (256, 512, 128), (512, 512, 128))
 STTFORMER_PRESETS: dict[str, dict] = {
-    "base": dict(blocks=PAPER_BLOCKS, dim_rep=512, num_heads=3, len_parts=6),
-    "maskclr": dict(blocks=MASKCLR_BLOCKS, dim_rep=512, num_heads=3, len_parts=6),
+    "base": dict(blocks=MASKCLR_BLOCKS, dim_rep=512, num_heads=3, len_parts=6),  # the seed's: width 512, depth 5
+    "paper": dict(blocks=PAPER_BLOCKS, dim_rep=512, num_heads=3, len_parts=6),  # STTFormer's own 8 blocks
     "tiny": dict(blocks=((16, 32, 8), (32, 32, 8)), dim_rep=32, num_heads=3, len_parts=4),
 }
 

@@ -50,8 +50,8 @@ def randomize_(model: torch.nn.Module, *, seed: int = 0) -> None:
     [
         ("transformer", "base", 16_160_768, 34_115_644),
         ("transformer", "maskclr", 10_912_768, 28_867_644),
-        ("sttformer", "base", 6_059_448, 24_014_324),
-        ("sttformer", "maskclr", 10_628_747, 28_583_623),
+        ("sttformer", "paper", 6_059_448, 24_014_324),
+        ("sttformer", "base", 10_628_747, 28_583_623),
     ],
 )
 def test_base_parameter_counts(name: str, preset: str, backbone_params: int, total_params: int) -> None:

@@ -53,7 +53,7 @@ def test_config_loads_strictly_and_matches_its_name(shipped):
         return
     assert cfg.dataset == shipped.family
     assert cfg.data.clip_len == cfg.model.maxlen == 243
-    assert cfg.model.preset == ("maskclr" if shipped.backbone == "sttformer" else "base")
+    assert cfg.model.preset == "base"  # STTFormer's base is the seed's width 512, depth 5
     if shipped.model == "motionbert_r":
         assert cfg.random_mask.ratio == 0.15
     # the official recipes: MotionBERT's MB_train / MB_ft, MaskCLR's maskclrv2 (docs/method.md §7)
