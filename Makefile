@@ -26,7 +26,7 @@ DEVICE    ?= auto
 BB_TAG    := $(if $(filter dstformer,$(BACKBONE)),,_$(BACKBONE))
 RUN       ?= $(ART)/runs/$(MODEL)$(BB_TAG)_$(DATASET)_$(SPLIT)
 PRED_RUN  := $(if $(filter command line,$(origin RUN)),$(RUN),$(ART)/runs/maskclr_mocap15_xview)
-INDEX     ?= $(ART)/datasets/$(DATASET).pkl
+INDEX     ?= $(if $(wildcard $(ART)/datasets/$(DATASET).store/meta.pkl),$(ART)/datasets/$(DATASET).store,$(ART)/datasets/$(DATASET).pkl)
 SET       ?=
 VIDEOS    ?=
 VIDEO     ?=
@@ -126,10 +126,11 @@ demo: ## the whole chain on the embedded mocap15 dataset, offline, CPU, ending w
 	@echo "  stage 1   $(DEMO_OVERLAYS)/  (BlazePose on real clips + rendered mocap15; records in $(DEMO_POSES)/)"
 
 .PHONY: dataset
-dataset: $(STAMP) ## build the PYSKL index: DATASET=mocap15, or ntu60|ntu120|kinetics400|folder from `make poses` records
+dataset: $(STAMP) ## build the PYSKL index: DATASET=mocap15, or ntu60|ntu120|kinetics400|folder from `make poses` records (+ its .store)
 	@if [ "$(DATASET)" = mocap15 ]; then $(MAKE) --no-print-directory $(DEMO_DATA).valid; else \
 	  $(PY) -m pipeline index --poses $(POSES_DIR) --dataset $(DATASET) $(INDEX_ARGS) \
-	    --out $(ART)/datasets/$(DATASET)_$(ESTIMATOR).pkl; fi
+	    --out $(ART)/datasets/$(DATASET)_$(ESTIMATOR).pkl && \
+	  $(PY) -m pipeline pack $(ART)/datasets/$(DATASET)_$(ESTIMATOR).pkl $(ART)/datasets/$(DATASET)_$(ESTIMATOR).store; fi
 
 .PHONY: train
 train: $(STAMP) ## train MODEL (motionbert|motionbert_ft|motionbert_r|maskclr), BACKBONE, on DATASET, SPLIT; evaluate. SET="k=v ...", CONFIG=file
@@ -154,9 +155,29 @@ report: ## robustness report: RUNS="run dirs" DATA="indexes" REPORT_DIR=out (def
 	@$(MAKE) --no-print-directory $(REPORT_DIR)/report.html
 	@echo "report: $(REPORT_DIR)/report.html"
 
+# Published inputs by name (pipeline/fetch.py): resumable downloads whose SHA-256 is recorded in a manifest.json beside
+# the files and checked on every later fetch (no network for a file already there). RSA_FETCH_BASE_URL=http://host:port
+# replaces the publishers' scheme and host (a local mirror, the tests' loopback server). Where `pipeline pack` exists,
+# a fetched PYSKL pickle is also packed into a .store beside it.
+FETCH_DATASETS := ntu60_hrnet ntu120_hrnet
+
+.PHONY: fetch
+fetch: $(STAMP) ## download a published input: DATASET=ntu60_hrnet|ntu120_hrnet|ntu_missing_skeletons [FROM=local file]
+	@test "$(origin DATASET)" != file || { echo "make fetch: set DATASET=ntu60_hrnet, ntu120_hrnet or ntu_missing_skeletons" >&2; exit 2; }
+	$(PY) -m pipeline fetch $(DATASET) --datasets-dir $(ART)/datasets $(if $(FROM),--from $(FROM))
+	@if [ -n "$(filter $(FETCH_DATASETS),$(DATASET))" ] && $(PY) -m pipeline pack --help >/dev/null 2>&1; then \
+	  $(MAKE) --no-print-directory $(ART)/datasets/$(DATASET).store; fi
+
+$(foreach d,$(FETCH_DATASETS),$(ART)/datasets/$(d).store): %.store: %.pkl | $(STAMP)
+	$(PY) -m pipeline pack $< $@
+
+# ESTIMATOR=name, or MODEL=name when MODEL is given (its default, motionbert, is `make train`'s).
+WEIGHTS_OF = $(if $(filter file,$(origin MODEL)),$(ESTIMATOR),$(MODEL))
+
 .PHONY: weights
-weights: $(STAMP) ## fetch official weights into the local cache: ESTIMATOR=vitpose|hrnet [FROM=local file]
-	$(PY) -m pose_extraction weights $(ESTIMATOR) $(if $(FROM),--from $(FROM))
+weights: $(STAMP) ## fetch official weights into the local cache: ESTIMATOR=vitpose|hrnet|openpifpaf or MODEL=motionbert [FROM=local file]
+	@test "$(origin MODEL)" = file || test "$(origin ESTIMATOR)" = file || { echo "make weights: give ESTIMATOR=... or MODEL=..., not both" >&2; exit 2; }
+	$(PY) -m pose_extraction weights $(WEIGHTS_OF) $(if $(FROM),--from $(FROM))
 
 .PHONY: bench
 bench: $(STAMP) ## training-step benchmark (fused vs explicit attention, MaskCLR vs baseline)
@@ -199,9 +220,11 @@ $(ART)/datasets/%.pkl:
 	@echo "make: no dataset index $@; build it (make poses, then make dataset DATASET=<family> ESTIMATOR=...) or fetch a published one (make fetch DATASET=$*)" >&2; exit 2
 
 # MotionBERT from scratch (motionbert, motionbert_r) and finetuned from the pretrained backbone (motionbert_ft).
+# The pretrained file is looked up first, so a missing one stops here (make weights MODEL=motionbert).
 $(ART)/runs/%/best.pt: $(ART)/runs/%/frozen.yaml $(INDEX) $(TRAIN_SRC)
+	$(if $(filter motionbert_ft%,$*),init=$$($(PY) -m pose_extraction weights motionbert --path) &&) \
 	$(PY) -m recognition train --config $< --data $(INDEX) --split $(SPLIT) --out $(@D) --device $(DEVICE) \
-	  $(if $(filter motionbert_ft%,$*),--init "$$($(PY) -m pose_extraction weights motionbert --path)" --allow-pickle)
+	  $(if $(filter motionbert_ft%,$*),--init "$$init" --allow-pickle)
 
 $(MCLR_RUN)/best.pt: $(MCLR_RUN)/frozen.yaml $(BASE_RUN)/best.pt $(INDEX) $(TRAIN_SRC)
 	$(PY) -m recognition train --config $< --data $(INDEX) --split $(SPLIT) --out $(@D) --device $(DEVICE) \

@@ -6,8 +6,12 @@ Every adapter (`DatasetAdapter`) has `name`, `label_names` (index = label) and `
 
     label(video_id)        -> int, 0-based index into label_names
     splits(video_id)       -> tuple of split names the video belongs to
-    canonical_id(video_id) -> the dataset's own spelling of the id (matching only)
-    expected_ids()         -> every video id the dataset defines, or None if unknown
+    canonical_id(video_id) -> the dataset's own spelling of the id: what the index writes as
+                              frame_dir and in its splits (NTU: no `_rgb`, as PYSKL's pickles)
+    expected_ids()         -> every video id the dataset defines, or None if unknown (without
+                              the excluded ones)
+    excluded               -> canonical ids left out by definition (NTU's samples with missing
+                              skeletons); the index builder names them in its report
 
 An id the adapter cannot label raises `UnknownVideoError` naming the id and the reason; the
 index builder reports such videos, it never drops them silently.
@@ -27,7 +31,11 @@ Registry (`DATASETS`, built with `get_dataset(name, **kwargs)`):
                  sorted, or in the order of an optional classes.txt (one name per line)
 
 NTU facts come from the dataset's README (github.com/shahroudy/NTURGB-D) and its papers;
-see docs/method.md §12.
+see docs/method.md §12. The NTU adapters take `missing_skeletons`, the official lists of
+samples with missing or incomplete skeletons (302 in NTU60, 535 in NTU120), which every
+published split leaves out (PYSKL's ntu60 xsub 40,091 / 16,487). The lists are not shipped:
+`load_missing_skeletons` reads them from a file or the data cache (`make fetch
+DATASET=ntu_missing_skeletons`), and refuses to guess when neither is there.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ import csv
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -77,6 +85,7 @@ class DatasetAdapter(Protocol):
     name: str
     label_names: list[str]
     split_names: tuple[str, ...]
+    excluded: frozenset[str]
 
     def label(self, video_id: str) -> int: ...
 
@@ -348,13 +357,29 @@ def ntu_video_ids(setups: Sequence[int]) -> list[str]:
 
 
 class _NTUDataset:
-    """Shared NTU logic; subclasses set the ranges and `_split_pairs`."""
+    """Shared NTU logic; subclasses set the ranges and `_split_pairs`.
+
+    Args:
+        missing_skeletons: sample names to exclude (`load_missing_skeletons`); names of the
+            other NTU dataset (e.g. S018+ given to ntu60) are ignored, so the NTU120 list
+            also serves NTU60.
+    """
 
     name: str
     num_setups: int
     num_performers: int
     num_actions: int
     split_names: tuple[str, ...]
+
+    def __init__(self, *, missing_skeletons: Iterable[str] = ()):
+        excluded = set()
+        for vid in missing_skeletons:
+            parse_ntu_name(vid)  # not an NTU name at all: UnknownVideoError
+            try:
+                excluded.add(str(self.parse(vid)))
+            except UnknownVideoError:
+                continue  # a sample of the other NTU dataset
+        self.excluded = frozenset(excluded)
 
     @property
     def label_names(self) -> list[str]:
@@ -389,7 +414,7 @@ class _NTUDataset:
         return video_id.removesuffix(NTU_RGB_SUFFIX)
 
     def expected_ids(self) -> list[str]:
-        return ntu_video_ids(range(1, self.num_setups + 1))
+        return [v for v in ntu_video_ids(range(1, self.num_setups + 1)) if v not in self.excluded]
 
 
 class NTU60(_NTUDataset):
@@ -419,6 +444,109 @@ class NTU120(_NTUDataset):
 
 
 # ------------------------------------------------------------------------------------------
+# NTU samples with missing skeletons
+# ------------------------------------------------------------------------------------------
+
+# The official file names (github.com/shahroudy/NTURGB-D, Matlab/); not shipped here.
+NTU_MISSING_SKELETONS_FILES = {
+    "ntu60": "NTU_RGBD_samples_with_missing_skeletons.txt",
+    "ntu120": "NTU_RGBD120_samples_with_missing_skeletons.txt",
+}
+FETCH_MISSING_SKELETONS = "make fetch DATASET=ntu_missing_skeletons"
+_HEADER_COUNT = re.compile(r"(\d[\d,]*)\s")
+
+
+def read_missing_skeletons(path: str | os.PathLike) -> list[str]:
+    """The sample names of a missing-skeleton list, in file order.
+
+    The official files open with two lines of prose ("302 of the captured samples ...") and a
+    blank line, then one name per line. Lines before the first name are that header; blank
+    lines and `#` comments are skipped; a name may end in `.skeleton`, a video extension or
+    `_rgb`. Where the header opens with a count, the names must match it.
+
+    Raises:
+        DatasetError: no such file, no names, a line among the names that is not one, or a
+            count other than the header's.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DatasetError(f"{p}: no such file (a list of NTU samples with missing skeletons)")
+    names: list[str] = []
+    header: list[str] = []
+    for n, line in enumerate(p.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        name = video_id(text).removesuffix(".skeleton").removesuffix(NTU_RGB_SUFFIX)
+        if _NTU_NAME.fullmatch(name):
+            names.append(name)
+        elif names:
+            raise DatasetError(f"{p}:{n}: not an NTU sample name SsssCcccPpppRrrrAaaa: {text[:80]!r}")
+        else:
+            header.append(text)
+    if not names:
+        raise DatasetError(f"{p}: no NTU sample names (SsssCcccPpppRrrrAaaa, one per line)")
+    announced = _HEADER_COUNT.match(header[0]) if header else None
+    if announced and int(announced.group(1).replace(",", "")) != len(set(names)):
+        raise DatasetError(f"{p}: the header announces {announced.group(1)} samples, the file lists {len(set(names))}")
+    return names
+
+
+def _data_dir() -> Path:
+    return Path(os.environ.get("RSA_DATA_DIR") or Path.home() / ".cache/robust-skeleton-action/data")
+
+
+def find_missing_skeletons_file(dataset: str) -> Path | None:
+    """The official missing-skeleton list of `dataset` (ntu60, ntu120) in the data cache, or None.
+
+    Asks `pipeline.fetch.missing_skeletons_file` (which also checks the file's published
+    digest); without that module, looks for the official file name in `$RSA_DATA_DIR`
+    (default ~/.cache/robust-skeleton-action/data), where `make fetch` puts it.
+
+    Raises:
+        DatasetError: the cached file differs from the published one.
+    """
+    try:
+        from pipeline.fetch import FetchError, missing_skeletons_file  # the fetch stage's own lookup
+    except ImportError:
+        path = _data_dir() / NTU_MISSING_SKELETONS_FILES[dataset]
+        return path if path.is_file() else None
+    try:
+        return missing_skeletons_file(dataset)
+    except FetchError as exc:
+        raise DatasetError(" ".join(str(exc).split())) from None
+
+
+def load_missing_skeletons(
+    dataset: str, *, path: str | os.PathLike | None = None, keep: bool = False
+) -> frozenset[str]:
+    """The samples an NTU index leaves out: from `path`, else the data cache; none with `keep`.
+
+    Raises:
+        DatasetError: `dataset` is not NTU, both `path` and `keep`, or no list anywhere (the
+            message names the three ways out).
+    """
+    if dataset not in NTU_MISSING_SKELETONS_FILES:
+        raise DatasetError(f"{dataset}: no missing-skeleton list (only {', '.join(NTU_MISSING_SKELETONS_FILES)})")
+    if keep:
+        if path is not None:
+            raise DatasetError("--missing-skeletons and --keep-missing-skeletons exclude each other")
+        return frozenset()
+    if path is None:
+        path = find_missing_skeletons_file(dataset)
+    if path is None:
+        raise DatasetError(
+            f"{dataset}: the official list of samples with missing skeletons "
+            f"({NTU_MISSING_SKELETONS_FILES[dataset]}) is not in the data cache ({_data_dir()}); run "
+            f"`{FETCH_MISSING_SKELETONS}`, pass --missing-skeletons FILE, or --keep-missing-skeletons "
+            "to index those samples too"
+        )
+    names = read_missing_skeletons(path)
+    log.info("%s: %d samples with missing skeletons listed in %s", dataset, len(set(names)), path)
+    return frozenset(names)
+
+
+# ------------------------------------------------------------------------------------------
 # CSV-described datasets: Kinetics-400 and a generic folder
 # ------------------------------------------------------------------------------------------
 
@@ -444,6 +572,7 @@ class _TableDataset:
     name: str
     label_names: list[str]
     split_names: tuple[str, ...]
+    excluded: frozenset[str] = frozenset()
     _table: dict[str, tuple[str | None, str | None]]
 
     def _build(self, table: dict[str, tuple[str | None, str | None]], classes: list[str]):

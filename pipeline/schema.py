@@ -4,7 +4,9 @@ This docstring is the one place the contract is written down.
 
 Pose record (one per video, a pickled dict; stage 1 writes it, stage 2 reads it):
 
-    frame_dir        str               video id (the file stem), unique within a dataset
+    frame_dir        str               video id (the file stem), unique within a dataset; in an
+                                       index the dataset's canonical id (NTU: S001C001P001R001A001,
+                                       no `_rgb`, as in PYSKL's pickles)
     total_frames     int >= 0          T
     img_shape        (H, W) ints > 0   frame size in pixels
     keypoint         float [M, T, 17, 2]   pixel coordinates, COCO-17 joint order
@@ -16,6 +18,9 @@ Pose record (one per video, a pickled dict; stage 1 writes it, stage 2 reads it)
     person_ids       int [M]           track ids, -1 where a slot has no consistent identity
     box              float [M, T, 4]   person boxes (x1, y1, x2, y2) where a detector ran
     box_score        float [M, T]
+    valid            {box_thr: int}    frames with a person whose box_score >= box_thr, for box_thr
+                     0.5-0.9: what PYSKL's / MMAction2's `valid_ratio` filter reads; the index
+                     builder adds it wherever box_score is present
     estimator        {"name": str, "weights": str, "version": str}
     schema_version   int               SCHEMA_VERSION when written by this project
     cache            {video, settings, digest}   stage 1's cache key: what the record was made
@@ -37,6 +42,13 @@ names must exist among the annotations, and frame_dirs are unique. No clip is in
 `val`); protocols may share clips (`xsub_train` and `xview_val`). Where the index has
 `label_names` (ours always), it is a list of str and every label is below its length.
 
+`read_index` also reads PYSKL's compressed Kinetics layout (k400_hrnet.pkl: per clip
+`frame_inds`, `box_score`, `valid` and a `raw_file` kpfile instead of the [M, T] arrays),
+returning it decompressed into standard records as PYSKL's DecompressPose does
+(`pipeline/pyskl.py`); `iter_records` streams any index, one validated record at a time. A bare list of records (PYSKL's
+custom_2d_skeleton.py output) is no index: `python -m pipeline index --poses LIST.pkl` makes one.
+docs/data-contract.md describes these layouts with their sources.
+
 Pickles are read by `load_pickle` with the restricted unpickler of `pipeline/unpickle.py`
 (its docstring lists the allow-list and the bounds). Every write is atomic (`pipeline.atomic`).
 """
@@ -48,12 +60,14 @@ import logging
 import math
 import os
 import pickle
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipeline import pyskl
 from pipeline.atomic import atomic_write_bytes
 from pipeline.unpickle import UnsafePickleError, restricted_loads
 from pipeline.unpickle import clip as _clip
@@ -84,10 +98,18 @@ _PICKLE_PROTOCOL = 4
 class SchemaError(ValueError):
     """A record or index breaks the contract; the message names file, key, expected, actual."""
 
-    def __init__(self, source: str, key: str, expected: str, actual: Any):
+    def __init__(self, source: str, key: str, expected: str, actual: Any, *, hint: str = ""):
         self.source, self.key, self.expected, self.actual = source, key, expected, actual
         got = _clip(actual if isinstance(actual, str) else _short(actual), 200)
-        super().__init__(f"{source}: {_clip(key, 200)}: expected {expected}, got {got}")
+        more = f"; {hint}" if hint else ""
+        super().__init__(f"{source}: {_clip(key, 200)}: expected {expected}, got {got}{more}")
+
+    @classmethod
+    def plain(cls, source: str, key: str, message: str) -> SchemaError:
+        """`<source>: <message>`, for a fault that is no expected/got pair (a compressed clip's)."""
+        err = cls(source, key, message, None)
+        err.args = (f"{source}: {message}",)
+        return err
 
 
 # ------------------------------------------------------------------------------------------
@@ -263,6 +285,8 @@ def _validate_provenance(rec: Mapping, src: str, *, m: int, t: int, write: bool,
         _check_array(rec, "box", (m, t, 4), src, write=write, checked=checked)
     if "box_score" in rec:
         _check_array(rec, "box_score", (m, t), src, write=write, checked=checked)
+    if "valid" in rec:
+        _check_valid(rec["valid"], src, t=t)
     if "estimator" in rec:
         est = rec["estimator"]
         keys = ("name", "weights", "version")
@@ -272,6 +296,16 @@ def _validate_provenance(rec: Mapping, src: str, *, m: int, t: int, write: bool,
         sv = rec["schema_version"]
         if not _is_int(sv) or not 1 <= sv <= SCHEMA_VERSION:
             raise SchemaError(src, "schema_version", f"an int in [1, {SCHEMA_VERSION}]", _describe(sv))
+
+
+def _check_valid(valid: Any, src: str, *, t: int) -> None:
+    """`valid` (PYSKL / MMAction2's Kinetics filter): {box_thr in (0, 1]: frames in [0, T]}."""
+    ok = isinstance(valid, Mapping) and all(
+        isinstance(k, (float, int)) and not isinstance(k, bool) and 0 < k <= 1 and _is_int(v) and 0 <= v <= t
+        for k, v in valid.items()
+    )
+    if not ok:
+        raise SchemaError(src, "valid", f"{{box_thr in (0, 1]: frames in [0, {t}]}}", _describe(valid))
 
 
 def validate_index(index: Any, *, source: str = "<index>", write: bool = False) -> None:
@@ -294,22 +328,33 @@ def validate_index(index: Any, *, source: str = "<index>", write: bool = False) 
     names = index.get("label_names")
     if names is not None and (not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names)):
         raise SchemaError(source, "label_names", "a list of class names (str)", _describe(names))
-    seen: set[str] = set()
     checked: set = set()
     for i, rec in enumerate(anns):
         where = f"{source} annotations[{i}]"
         _validate_record(rec, where, write=write, require_label=True, checked=checked)
-        fd = rec["frame_dir"]
-        if fd in seen:
-            raise SchemaError(source, f"annotations[{i}].frame_dir", "unique frame_dirs", f"duplicate {_short(fd)}")
-        seen.add(fd)
         if names is not None and rec["label"] >= len(names):
             raise SchemaError(
-                f"{where} [{_clip(fd, 80)}]",
+                f"{where} [{_clip(rec['frame_dir'], 80)}]",
                 "label",
                 f"an index into label_names (< {len(names)})",
                 _describe(rec["label"]),
             )
+    validate_split(split, [rec["frame_dir"] for rec in anns], source=source)
+
+
+def validate_split(split: Any, frame_dirs: list[str], *, source: str = "<index>") -> None:
+    """Check an index's `split` against its clips' frame_dirs (in annotation order).
+
+    frame_dirs are unique; every split is a list of str naming one of them; no clip is in both
+    `<p>train` and `<p>val` of one protocol.
+    """
+    if not isinstance(split, Mapping):
+        raise SchemaError(source, "split", "a dict {name: [frame_dir, ...]}", _describe(split))
+    seen: set[str] = set()
+    for i, fd in enumerate(frame_dirs):
+        if fd in seen:
+            raise SchemaError(source, f"annotations[{i}].frame_dir", "unique frame_dirs", f"duplicate {_short(fd)}")
+        seen.add(fd)
     for name, clips in split.items():
         if (
             not isinstance(name, str)
@@ -376,21 +421,184 @@ def write_index(index: Mapping, path: str | os.PathLike) -> None:
     save_pickle(dict(index), path)
 
 
-def read_index(path: str | os.PathLike) -> dict:
-    """Read and validate a dataset index (ours or a published PYSKL pickle)."""
+def read_index(
+    path: str | os.PathLike,
+    *,
+    kpfile_root: str | os.PathLike | None = None,
+    box_thr: float | None = None,
+    valid_ratio: float | None = None,
+    max_person: int = pyskl.DEFAULT_MAX_PERSON,
+) -> dict:
+    """Read and validate a dataset index: ours, a published PYSKL pickle, or a compressed one.
+
+    A compressed index (PYSKL's k400_hrnet.pkl: clips with `frame_inds`, keypoints in kpfiles)
+    comes back decompressed, all in memory; `iter_records` streams it instead.
+
+    Args:
+        path: the index pickle.
+        kpfile_root: folder of the kpfiles (default: the index's folder).
+        box_thr, valid_ratio: PYSKL's / MMAction2's clip filter (`pipeline.pyskl`), off by
+            default; for any index with `valid`.
+        max_person: person slots per decompressed clip (PYSKL's DecompressPose default 10).
+
+    Raises:
+        SchemaError: the file breaks the contract or the compressed layout (one line naming
+            file and clip); a bare list of records (custom_2d_skeleton.py output) says how to
+            make an index of it.
+        ValueError: an option out of range.
+    """
     index = load_pickle(path)
+    _refuse_bare_list(index, path)
+    return _resolve_index(index, path, kpfile_root, box_thr, valid_ratio, max_person)
+
+
+def _resolve_index(index: Any, path, kpfile_root, box_thr, valid_ratio, max_person) -> dict:
+    if pyskl.is_compressed(index) or valid_ratio:
+        stream = _stream(index, path, kpfile_root, box_thr, valid_ratio, max_person, True, validate=False)
+        index = {**stream.header, "annotations": list(stream)}
     validate_index(index, source=str(path))
     return index
 
 
+def _refuse_bare_list(obj: Any, path: str | os.PathLike) -> None:
+    if isinstance(obj, list):
+        raise SchemaError(
+            str(path),
+            "index",
+            "a dict with 'split' and 'annotations'",
+            f"a bare list of {len(obj)} records",
+            hint=(
+                "that is what PYSKL's custom_2d_skeleton.py writes; make an index of it with "
+                f"`python -m pipeline index --poses {_clip(str(path), 200)} --dataset folder "
+                "--labels labels.csv --out INDEX.pkl`"
+            ),
+        )
+
+
 def read_any(path: str | os.PathLike) -> dict:
-    """Read and validate a file that is either a dataset index or one pose record."""
+    """Read and validate a file that is either a dataset index (any `read_index` reads) or one pose record."""
     obj = load_pickle(path)
+    _refuse_bare_list(obj, path)
     if is_index(obj):
-        validate_index(obj, source=str(path))
-    else:
-        validate_record(obj, source=str(path))
+        return _resolve_index(obj, path, None, None, None, pyskl.DEFAULT_MAX_PERSON)
+    validate_record(obj, source=str(path))
     return obj
+
+
+@dataclass
+class RecordStream:
+    """A dataset index read one record at a time: iterate once, in file order.
+
+    Attributes:
+        header: the index's top-level keys but `annotations` (`split`, `label_names` where
+            present, ...); `split` without the dropped clips.
+        dropped: frame_dirs removed by `valid_ratio`, in file order.
+    """
+
+    header: dict
+    dropped: list[str]
+    _records: Iterator[dict] = field(repr=False)
+    _count: int = 0
+
+    def __iter__(self) -> Iterator[dict]:
+        return self._records
+
+    def __len__(self) -> int:
+        """Records the stream yields."""
+        return self._count
+
+
+def iter_records(
+    path: str | os.PathLike,
+    *,
+    kpfile_root: str | os.PathLike | None = None,
+    box_thr: float | None = None,
+    valid_ratio: float | None = None,
+    max_person: int = pyskl.DEFAULT_MAX_PERSON,
+    squeeze: bool = True,
+) -> RecordStream:
+    """Stream a dataset index, compressed (k400_hrnet.pkl) or standard, one validated record at a time.
+
+    Only the annotation file and the current kpfile are in memory; the structure, the splits
+    (naming the clips that exist, train/val disjoint) and the filter are checked before the
+    first record. Example:
+
+        stream = iter_records("k400_hrnet.pkl")
+        stream.header["split"]["train"], len(stream)
+        for rec in stream: ...
+
+    Args:
+        path: the index pickle.
+        kpfile_root: folder the `raw_file` paths are relative to (default: the index's folder).
+        box_thr: PYSKL's box threshold, one of `pyskl.BOX_THRS`; acts only with valid_ratio.
+        valid_ratio: keep clips with valid[box_thr] / total_frames >= valid_ratio and their
+            instances with box_score >= box_thr; None or 0: all.
+        max_person: person slots per decompressed clip (DecompressPose's max_person).
+        squeeze: drop the frames without instances (DecompressPose's squeeze).
+
+    Raises:
+        SchemaError: the file, a clip or a kpfile breaks the layout, one line naming the file
+            and the clip (on the call for the structure and the filter, while iterating for
+            a clip's arrays and kpfile).
+        ValueError: an option out of range.
+    """
+    index = load_pickle(path)
+    _refuse_bare_list(index, path)
+    return _stream(index, path, kpfile_root, box_thr, valid_ratio, max_person, squeeze, validate=True)
+
+
+def _stream(index, path, kpfile_root, box_thr, valid_ratio, max_person, squeeze, *, validate: bool) -> RecordStream:
+    source = str(path)
+    if not isinstance(index, Mapping) or not isinstance(index.get("annotations"), list):
+        raise SchemaError(source, "index", "a dict with 'split' and 'annotations' (a list)", _describe(index))
+    anns = index["annotations"]
+    for i, ann in enumerate(anns):
+        fd = ann.get("frame_dir") if isinstance(ann, Mapping) else None
+        if not isinstance(fd, str) or not fd:
+            raise SchemaError(source, f"annotations[{i}].frame_dir", "a non-empty str", _describe(fd))
+    validate_split(index.get("split"), [a["frame_dir"] for a in anns], source=source)
+    try:
+        header, dropped, pairs = pyskl.stream_clips(
+            index,
+            source=source,
+            kpfile_root=Path(path).parent if kpfile_root is None else kpfile_root,
+            load=load_pickle,
+            box_thr=box_thr,
+            valid_ratio=valid_ratio,
+            max_person=max_person,
+            squeeze=squeeze,
+        )
+    except pyskl.LayoutError as exc:
+        raise _from_layout(exc) from None
+    records = _checked(pairs, source, index.get("label_names"), validate=validate)
+    return RecordStream(header=header, dropped=dropped, _records=records, _count=len(anns) - len(dropped))
+
+
+def _from_layout(exc: pyskl.LayoutError) -> SchemaError:
+    """A `pyskl.LayoutError` as a SchemaError with its one-line message (`<file> [clip X]: ...`)."""
+    return SchemaError.plain(exc.source, exc.key, exc.message)
+
+
+def _checked(pairs: Iterator[tuple[int, dict]], source: str, label_names, *, validate: bool) -> Iterator[dict]:
+    checked: set = set()
+    while True:
+        try:
+            i, rec = next(pairs)
+        except StopIteration:
+            return
+        except pyskl.LayoutError as exc:
+            raise _from_layout(exc) from None
+        if validate:
+            where = f"{source} annotations[{i}]"
+            _validate_record(rec, where, write=False, require_label=True, checked=checked)
+            if label_names is not None and rec["label"] >= len(label_names):
+                raise SchemaError(
+                    f"{where} [{_clip(rec['frame_dir'], 80)}]",
+                    "label",
+                    f"an index into label_names (< {len(label_names)})",
+                    _describe(rec["label"]),
+                )
+        yield rec
 
 
 def summarize(obj: Mapping) -> str:

@@ -3,7 +3,7 @@
     extract --estimator E --videos DIR_OR_LIST --out DIR [--shard i/n] [--device D] [--config YAML] [--set k=v]
             [--no-overwrite] [--retry-failed]
     image IMAGE --estimator E [--boxes x1,y1,x2,y2;...] --out OUT.json
-    weights E [--from FILE] [--role estimator|detector]
+    weights E [--from FILE] [--role R] [--path]
     render RECORD VIDEO OUT.mp4
 
 Exit status 0 on success, 1 on a failure (one error line on stderr).
@@ -120,7 +120,9 @@ def _cmd_image(args: argparse.Namespace) -> int:
 def _cmd_weights(args: argparse.Namespace) -> int:
     from pose_extraction import weights as wcache
 
-    if args.from_file:
+    if args.path:
+        print(wcache.resolve(args.estimator, args.role))
+    elif args.from_file:
         print(wcache.import_file(args.estimator, args.from_file, role=args.role))
     else:
         for p in wcache.fetch(args.estimator):
@@ -178,7 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("weights", help="fetch official weights into the local cache, or import a file")
     p.add_argument("estimator")
     p.add_argument("--from", dest="from_file", default=None, help="import this local file instead of downloading")
-    p.add_argument("--role", choices=("estimator", "detector"), default="estimator")
+    p.add_argument(
+        "--role",
+        choices=("estimator", "detector", "backbone", "action"),
+        default="estimator",
+        help="which file of the name (estimator = the name's first; motionbert: backbone)",
+    )
+    p.add_argument("--path", action="store_true", help="print the cached file's path (error if not fetched)")
     p.set_defaults(func=_cmd_weights)
 
     p = sub.add_parser("render", help="overlay a record on its video")

@@ -1,11 +1,22 @@
-"""The local weights cache: the only place in the project that downloads anything.
+"""The local weights cache: official checkpoints of the estimators and of MotionBERT.
 
-`python -m pose_extraction weights ESTIMATOR` (or `make weights ESTIMATOR=...`) fetches the
-official checkpoint files of an estimator (and of the person detector a top-down estimator
-needs) from their official addresses into the cache, and checks each file's SHA-256 against
-the prefix its publisher put in the file name (mmpose and torchvision name files
-`<name>-<first 8 hex of sha256>.pth`). `--from FILE` imports a local file instead (no network).
-Everything else in the project reads weights only from this cache or from an explicit path.
+`python -m pose_extraction weights NAME` (or `make weights ESTIMATOR=...`, `make weights
+MODEL=motionbert`) fetches the official checkpoint files of an estimator (and of the person
+detector a top-down estimator needs) or of a model from their official addresses into the cache,
+through the project's one downloader (`pipeline/fetch.py`: a progress bar, resume of a cut
+download from `<file>.part`, atomic rename). Each file's SHA-256 is checked against the prefix
+its publisher put in the file name (mmpose and torchvision name files `<name>-<first 8 hex of
+sha256>.pth`), a digest the server sends (Hugging Face's `X-Linked-Etag`), and the digest
+recorded at its first fetch: a cached file whose bytes changed is an error, never downloaded
+over, and a file already cached and verified needs no network. `--from FILE` imports a local
+file instead (no network; checked the same way). Everything else in the project reads weights
+only from this cache or from an explicit path.
+
+MotionBERT (docs/architecture.md §8.6): `motionbert` is the pretrained backbone (role
+"backbone", MotionBERT's `checkpoint/pretrain/MB_release/latest_epoch.bin`);
+`motionbert_ntu60_xsub` and `motionbert_ntu60_xview` are its NTU60 finetuned action files
+(role "action"). Their published names are generic, so they are cached as
+`motionbert-<folder>-<file>`; an imported file of the published name is stored the same way.
 
 Cache folder: `$RSA_WEIGHTS_DIR`, else `~/.cache/robust-skeleton-action/weights/`. A manifest
 `manifest.json` there records file, source and full SHA-256 of what was fetched or imported.
@@ -13,28 +24,26 @@ Cache folder: `$RSA_WEIGHTS_DIR`, else `~/.cache/robust-skeleton-action/weights/
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import shutil
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.atomic import atomic_open, atomic_write_text
+from pipeline.atomic import atomic_write_text
+from pipeline.fetch import Digest, FetchError, copy_in, download, sha256_of, source_url, verify
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class WeightFile:
-    """One official file: where it comes from and the SHA-256 prefix its publisher gives."""
+    """One official file: its cache name, where it comes from and the SHA-256 prefix its publisher gives."""
 
-    role: str  # "estimator" or "detector"
+    role: str  # "estimator" or "detector"; a model's "backbone" or "action"
     filename: str
     url: str
-    sha256_prefix: str
+    sha256_prefix: str = ""  # "" where the publisher gives none (the digest is recorded at the first fetch)
 
 
 _DETECTOR = WeightFile(
@@ -48,6 +57,15 @@ _OPP = "https://github.com/openpifpaf/torchhub/releases/download/v0.13/"
 _K16 = "shufflenetv2k16-210820-232500-cocokp-slurm726069-edge513-o10s-7189450a.pkl"
 _K30 = "shufflenetv2k30-210821-003923-cocokp-slurm726072-edge513-o10s-5fe1c400.pkl"
 _R50 = "resnet50-210830-150728-cocokp-slurm728641-edge513-o10s-ecd30da4.pkl"
+
+_MB = "https://huggingface.co/walterzhu/MotionBERT/resolve/main/checkpoint/"
+
+
+def _motionbert(role: str, path: str) -> WeightFile:
+    """A file of MotionBERT's Hugging Face release, cached as motionbert-<folder>-<file>."""
+    folder, name = path.rsplit("/", 1)
+    return WeightFile(role, f"motionbert-{folder.rsplit('/', 1)[-1]}-{name}", _MB + path)
+
 
 OFFICIAL: dict[str, tuple[WeightFile, ...]] = {
     # OpenPifPaf's published checkpoints are whole pickled models (loaded only from this cache or
@@ -74,6 +92,11 @@ OFFICIAL: dict[str, tuple[WeightFile, ...]] = {
         ),
         _DETECTOR,
     ),
+    # MotionBERT's release (the Hugging Face model card's model zoo): the pretrained DSTformer and the
+    # NTU60 finetuned action checkpoints; loaded with `recognition train --init FILE --allow-pickle`.
+    "motionbert": (_motionbert("backbone", "pretrain/MB_release/latest_epoch.bin"),),
+    "motionbert_ntu60_xsub": (_motionbert("action", "action/FT_MB_release_MB_ft_NTU60_xsub/best_epoch.bin"),),
+    "motionbert_ntu60_xview": (_motionbert("action", "action/FT_MB_release_MB_ft_NTU60_xview/best_epoch.bin"),),
 }
 
 
@@ -83,14 +106,6 @@ class WeightsError(RuntimeError):
 
 def cache_dir() -> Path:
     return Path(os.environ.get("RSA_WEIGHTS_DIR", Path.home() / ".cache/robust-skeleton-action/weights"))
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _manifest() -> dict:
@@ -104,45 +119,98 @@ def _record(estimator: str, role: str, path: Path, source: str, digest: str) -> 
     atomic_write_text(cache_dir() / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
+def _make_var(name: str) -> str:
+    """The Make variable that names `name`: MODEL for a model's weights, else ESTIMATOR."""
+    return "MODEL" if any(wf.role not in ("estimator", "detector") for wf in OFFICIAL.get(name, ())) else "ESTIMATOR"
+
+
+def _role(name: str, role: str) -> str:
+    """`role`, where the command line's default "estimator" means a model's own first role ("backbone")."""
+    roles = [wf.role for wf in OFFICIAL.get(name, ())]
+    return roles[0] if role == "estimator" and roles and role not in roles else role
+
+
+def _recorded(filename: str) -> list[Digest]:
+    """The SHA-256s the manifest recorded for a cached file (under any name and role)."""
+    values = {
+        e["sha256"]
+        for roles in _manifest().values()
+        for e in roles.values()
+        if e.get("file") == filename and "sha256" in e
+    }
+    where = f"recorded in {cache_dir() / 'manifest.json'} when it was first fetched"
+    return [Digest(v, where) for v in sorted(values)]
+
+
+def _published(wf: WeightFile | None) -> list[Digest]:
+    return [Digest(wf.sha256_prefix, "published in its file name")] if wf and wf.sha256_prefix else []
+
+
+def _digests(wf: WeightFile) -> list[Digest]:
+    return _published(wf) + _recorded(wf.filename)
+
+
 def resolve(estimator: str, role: str = "estimator", explicit: str | os.PathLike | None = None) -> Path:
     """The weights file to use: `explicit` if given, else the cached one for (estimator, role).
 
     Raises:
-        WeightsError: naming `make weights ESTIMATOR=<estimator>` when nothing is cached.
+        WeightsError: naming `make weights ESTIMATOR=<estimator>` (MODEL= for a model) when nothing is cached.
     """
     if explicit:
         p = Path(explicit)
         if not p.is_file():
             raise WeightsError(f"weights file {p} not found")
         return p
+    role = _role(estimator, role)
     entry = _manifest().get(estimator, {}).get(role)
     if entry:
         p = cache_dir() / entry["file"]
         if p.is_file():
             return p
     raise WeightsError(
-        f"no {role} weights for {estimator!r} in {cache_dir()}: run `make weights ESTIMATOR={estimator}` "
+        f"no {role} weights for {estimator!r} in {cache_dir()}: run `make weights {_make_var(estimator)}={estimator}` "
         f"(or `python -m pose_extraction weights {estimator} --from FILE` for a local file)"
     )
 
 
 def import_file(estimator: str, src: str | os.PathLike, *, role: str = "estimator") -> Path:
-    """Copy a local file into the cache and record its SHA-256 (no network)."""
+    """Copy a local file into the cache and record its SHA-256 (no network).
+
+    The file keeps its name, except a file of an official file's published name (the last part of
+    its URL), which takes that file's cache name and must match its published and recorded
+    digests. A cached file of that name with other bytes is an error, never replaced.
+    """
     src = Path(src)
     if not src.is_file():
         raise WeightsError(f"{src}: not a file")
-    dest = cache_dir() / src.name
-    if src.resolve() != dest.resolve():
-        with atomic_open(dest) as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out)
-    digest = sha256_of(dest)
+    role = _role(estimator, role)
+    official = next(
+        (wf for wf in OFFICIAL.get(estimator, ()) if wf.role == role and wf.url.rsplit("/", 1)[-1] == src.name), None
+    )
+    dest = cache_dir() / (official.filename if official else src.name)
+    try:
+        if src.resolve() == dest.resolve():  # a file put into the cache by hand: recorded as it is
+            digest = verify(dest, _published(official))
+        elif dest.is_file():
+            digest = verify(dest, _digests(official) if official else _recorded(dest.name))
+            if sha256_of(src) != digest:
+                raise WeightsError(f"{dest} already holds other bytes than {src}; delete it first to import {src}")
+        else:
+            digest = copy_in(src, dest, digests=_digests(official) if official else _recorded(dest.name))
+    except FetchError as exc:
+        raise WeightsError(str(exc)) from None
     _record(estimator, role, dest, f"file:{src.resolve()}", digest)
     log.info("imported %s as %s weights of %s (sha256 %s)", src, role, estimator, digest[:12])
     return dest
 
 
 def fetch(estimator: str) -> list[Path]:
-    """Download the official files of `estimator` into the cache, checking their hash prefixes."""
+    """Download the official files of `estimator` into the cache (verify those already there).
+
+    Raises:
+        WeightsError: an unknown name, a network error (one line naming the URL), or a file whose
+            SHA-256 does not match its published or recorded digest.
+    """
     if estimator == "blazepose":
         raise WeightsError(
             "blazepose needs no download: its model ships inside the mediapipe 0.10.21 wheel (make install-mediapipe)"
@@ -152,17 +220,17 @@ def fetch(estimator: str) -> list[Path]:
     paths = []
     for wf in OFFICIAL[estimator]:
         dest = cache_dir() / wf.filename
-        if not dest.is_file():
-            log.info("downloading %s", wf.url)
-            try:
-                with urllib.request.urlopen(wf.url, timeout=60) as resp, atomic_open(dest) as out:
-                    shutil.copyfileobj(resp, out)
-            except OSError as exc:
-                raise WeightsError(f"cannot download {wf.url}: {exc}") from exc
-        digest = sha256_of(dest)
-        if not digest.startswith(wf.sha256_prefix):
-            dest.unlink()
-            raise WeightsError(f"{wf.filename}: sha256 {digest[:8]}... does not match the published {wf.sha256_prefix}")
-        _record(estimator, wf.role, dest, wf.url, digest)
+        before = _manifest().get(estimator, {}).get(wf.role, {})
+        try:
+            if dest.is_file():
+                digest = verify(dest, _digests(wf))
+                source = before["source"] if before.get("file") == wf.filename and "source" in before else wf.url
+                log.info("%s: already cached, sha256 %s verified", dest, digest[:12])
+            else:
+                digest = download(wf.url, dest, digests=_digests(wf), desc=wf.filename)
+                source = source_url(wf.url)
+        except FetchError as exc:
+            raise WeightsError(str(exc)) from None
+        _record(estimator, wf.role, dest, source, digest)
         paths.append(dest)
     return paths

@@ -1,9 +1,12 @@
-"""Torch dataset over PYSKL-format pose records: raw clips in memory, docs/method.md §2 applied per item.
+"""Torch dataset over a dataset's clips (a store or a PYSKL pickle), docs/method.md §2 applied per item.
 
-The dataset keeps each record's keypoint/score arrays as they are (compact, variable length) and runs
-`recognition.preprocess.preprocess_clip` in `__getitem__`, so memory stays at the raw size rather than a dense
-[N, 2, 243, 17, 3] tensor. Randomness is a pure function of (seed, epoch, index): results do not depend on the number
-of DataLoader workers and a resumed run replays the same draws.
+The clips come from the object `pipeline.store.open_dataset` returns (or an index dict, or a list of records): the
+dataset keeps only each clip's position, label and image size, and reads the clip's keypoint/score arrays in
+`__getitem__` (from the memory-mapped store, or the pickle's arrays in memory), keeps the two highest-scoring persons
+(`select_two_persons`) and runs `recognition.preprocess.preprocess_clip`, so memory stays at the raw size (or at the
+metadata, for a store) rather than a dense [N, 2, 243, 17, 3] tensor. Randomness is a pure function of
+(seed, epoch, index): results do not depend on the number of DataLoader workers and a resumed run replays the same
+draws.
 
 `make_dataset` builds a split's dataset from a run config (train, evaluate); `require_clips` and
 `no_clips_message` say why a split holds no usable clip; `label_names_of` names the classes of an index.
@@ -13,22 +16,24 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pipeline import store
 from recognition.config import TrainConfig
 from recognition.preprocess import PreprocessOptions, preprocess_clip, resample_indices, select_two_persons
 
 log = logging.getLogger(__name__)
 
 
-def split_frame_dirs(index: dict, split: str, *, source: str | Path | None = None) -> list[str]:
-    """The clip names of split `split` (e.g. "xsub_train") of a dataset file `{split, annotations}`.
+def split_frame_dirs(index: Any, split: str, *, source: str | Path | None = None) -> list[str]:
+    """The clip names of split `split` (e.g. "xsub_train") of a dataset.
 
     Args:
-        index: the dataset file's content.
+        index: what `pipeline.store.open_dataset` returns, or an index dict `{split, annotations}`.
         split: the split name.
         source: the dataset file's path, named in the error messages.
 
@@ -36,13 +41,13 @@ def split_frame_dirs(index: dict, split: str, *, source: str | Path | None = Non
         ValueError: the split does not exist (the message lists the available ones), or it names a clip that has
             no annotation.
     """
+    data = store.as_dataset(index, source=source)
     where = f" of {source}" if source is not None else ""
-    splits = index["split"]
+    splits = data.split
     if split not in splits:
         raise ValueError(f"unknown split {split!r}{where}; available: {sorted(splits)}")
     names = list(splits[split])
-    known = {a["frame_dir"] for a in index["annotations"]}
-    missing = [n for n in names if n not in known]
+    missing = [n for n in names if not _has_clip(data, n)]
     if missing:
         raise ValueError(
             f"split {split!r}{where} names {len(missing)} clip(s) with no annotation, first: {missing[0]!r}"
@@ -50,10 +55,15 @@ def split_frame_dirs(index: dict, split: str, *, source: str | Path | None = Non
     return names
 
 
-def _check_record(rec: dict, num_classes: int) -> str | None:
-    """Raise on malformed input; return why a clip holds no usable data (skippable), or None when it is usable."""
-    name = rec["frame_dir"]
-    label = rec.get("label")
+def _has_clip(data: store.Dataset, name: str) -> bool:
+    try:
+        data.position(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _check_label(name: str, label: Any, num_classes: int) -> None:
     if (
         label is None
         or isinstance(label, bool)
@@ -61,27 +71,27 @@ def _check_record(rec: dict, num_classes: int) -> str | None:
         or not 0 <= label < num_classes
     ):
         raise ValueError(f"{name}: label {label!r} is not an int in [0, {num_classes})")
-    kp, score = rec["keypoint"], rec["keypoint_score"]
-    if kp.ndim != 4 or kp.shape[2:] != (17, 2) or score.shape != kp.shape[:3]:
-        raise ValueError(
-            f"{name}: expected keypoint [M, T, 17, 2] and keypoint_score [M, T, 17], got {kp.shape} and {score.shape}"
-        )
-    if kp.shape[1] != rec.get("total_frames", kp.shape[1]):
-        raise ValueError(f"{name}: total_frames {rec['total_frames']} != keypoint frames {kp.shape[1]}")
-    if kp.shape[0] == 0:
-        return "no person"
-    if kp.shape[1] == 0:
-        return "zero frames"
-    if not np.any(score):
-        return "all keypoint scores are zero"
-    return None
+
+
+class _PoseColumn:
+    """`ds.keypoints[i]` / `ds.scores[i]`: one array of item i's (two kept persons'), read on access."""
+
+    def __init__(self, ds: SkeletonDataset, which: int) -> None:
+        self.ds, self.which = ds, which
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.ds.pose(index)[self.which]
 
 
 class SkeletonDataset(Dataset):
     """Clips named by `frame_dirs` -> (float32 tensor [M=2, T=clip_len, V=17, C=3], label).
 
     Args:
-        annotations: PYSKL records (`frame_dir`, `label`, `img_shape`, `keypoint`, `keypoint_score`, ...).
+        annotations: the clips: what `pipeline.store.open_dataset` returns (a store or a pickle), an index dict, or
+            PYSKL records (`frame_dir`, `label`, `img_shape`, `keypoint`, `keypoint_score`, ...).
         frame_dirs: the clips to use, in this order (see `split_frame_dirs`).
         train: training path (random draws per item) or deterministic test path.
         opts: preprocessing switches.
@@ -94,13 +104,16 @@ class SkeletonDataset(Dataset):
 
     Attributes:
         skipped: names of the skipped clips.
-        person_selection: frame_dir -> kept person slots, for clips that had more than 2 persons.
+        positions: each item's position in the source dataset.
+        crowded: names of the clips with more than 2 persons (`person_selection` says which two are kept).
+        keypoints, scores: `keypoints[i]` [M<=2, T0, 17, 2] and `scores[i]` [M<=2, T0, 17] float32 of item i, the
+            two kept persons, read on access.
     """
 
     def __init__(
         self,
         *,
-        annotations: list[dict],
+        annotations: Any,
         frame_dirs: list[str],
         train: bool,
         opts: PreprocessOptions,
@@ -110,50 +123,61 @@ class SkeletonDataset(Dataset):
         noise_per_person: bool = True,
         skip_bad: bool = False,
     ) -> None:
-        by_name: dict[str, dict] = {}
-        for rec in annotations:
-            if rec["frame_dir"] in by_name:
-                raise ValueError(f"duplicate annotation for clip {rec['frame_dir']!r}")
-            by_name[rec["frame_dir"]] = rec
+        data = store.as_dataset(annotations)
+        self.data = data
         self.train, self.opts, self.seed = train, opts, seed
         self.noise_sigma, self.noise_per_person = noise_sigma, noise_per_person
         self.epoch = 0
         self.skipped: list[str] = []
-        self.person_selection: dict[str, list[int]] = {}
         self.names: list[str] = []
         self.labels: list[int] = []
         self.img_shapes: list[tuple[int, int]] = []
-        self.keypoints: list[np.ndarray] = []  # each [M<=2, T0, 17, 2] float32, raw pixels
-        self.scores: list[np.ndarray] = []  # each [M<=2, T0, 17] float32
+        self.positions: list[int] = []
         for name in frame_dirs:
-            if name not in by_name:
-                raise ValueError(f"clip {name!r} has no annotation")
-            rec = by_name[name]
-            kp = np.asarray(rec["keypoint"], dtype=np.float32)  # no copy when already float32
-            score = np.asarray(rec["keypoint_score"], dtype=np.float32)
-            bad = _check_record({**rec, "keypoint": kp, "keypoint_score": score}, num_classes)
+            try:
+                pos = data.position(name)
+            except KeyError:
+                raise ValueError(f"clip {name!r} has no annotation") from None
+            label = data.label(pos)
+            _check_label(name, label, num_classes)
+            bad = data.unusable(pos)
             if bad is not None:
                 if not skip_bad:
                     raise ValueError(f"{name}: {bad}; pass skip_bad=True to skip such clips")
                 log.warning("skipping clip %s: %s", name, bad)
                 self.skipped.append(name)
                 continue
-            m_raw = kp.shape[0]
-            kp, score, kept = select_two_persons(kp, score)
-            if len(kept) < m_raw:
-                self.person_selection[name] = kept.tolist()
             self.names.append(name)
-            self.labels.append(int(rec["label"]))
-            self.img_shapes.append(tuple(int(s) for s in rec["img_shape"]))
-            self.keypoints.append(kp)
-            self.scores.append(score)
+            self.labels.append(int(label))
+            self.img_shapes.append(data.img_shape(pos))
+            self.positions.append(pos)
+        self.crowded = [n for n, p in zip(self.names, self.positions) if data.num_persons(p) > 2]
+        self.keypoints, self.scores = _PoseColumn(self, 0), _PoseColumn(self, 1)
         # F5 (official): training frame indices drawn once, here, and reused every epoch.
         self.fixed_indices: list[np.ndarray] | None = None
         if train and not opts.resample_per_item:
             rng = np.random.default_rng([seed])
             self.fixed_indices = [
-                resample_indices(kp.shape[1], opts.clip_len, train=True, rng=rng) for kp in self.keypoints
+                resample_indices(data.num_frames(p), opts.clip_len, train=True, rng=rng) for p in self.positions
             ]
+
+    def pose(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Item `index`'s (keypoint [M<=2, T0, 17, 2], score [M<=2, T0, 17]) float32, raw pixels, two persons kept."""
+        kp, score = self.data.pose(self.positions[index])
+        kp = np.asarray(kp, dtype=np.float32)  # no copy when already float32
+        score = np.asarray(score, dtype=np.float32)
+        kp, score, _ = select_two_persons(kp, score)
+        return kp, score
+
+    @property
+    def person_selection(self) -> dict[str, list[int]]:
+        """frame_dir -> kept person slots, for the clips that have more than 2 persons (reads their scores)."""
+        crowded, out = set(self.crowded), {}
+        for name, pos in zip(self.names, self.positions):
+            if name in crowded:
+                kp, score = self.data.pose(pos)
+                out[name] = select_two_persons(np.asarray(kp, np.float32), np.asarray(score, np.float32))[2].tolist()
+        return out
 
     def set_epoch(self, epoch: int) -> None:
         """Select the random draws of `epoch` (call before iterating each training epoch)."""
@@ -171,9 +195,10 @@ class SkeletonDataset(Dataset):
         return None
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        kp, score = self.pose(index)
         x = preprocess_clip(
-            self.keypoints[index],
-            self.scores[index],
+            kp,
+            score,
             self.img_shapes[index],
             train=self.train,
             opts=self.opts,
@@ -186,17 +211,19 @@ class SkeletonDataset(Dataset):
         return torch.from_numpy(x), self.labels[index]
 
 
-def label_names_of(index: dict) -> list[str]:
-    """Class names from the index (`label_names`), else "class_<i>" up to the largest label."""
-    if "label_names" in index:
-        return [str(n) for n in index["label_names"]]
-    top = max((int(a["label"]) for a in index["annotations"]), default=-1)
+def label_names_of(index: Any) -> list[str]:
+    """Class names from the dataset (`label_names`), else "class_<i>" up to the largest label."""
+    data = store.as_dataset(index)
+    if data.label_names is not None:
+        return [str(n) for n in data.label_names]
+    labels = data.labels
+    top = int(labels.max()) if len(labels) else -1
     return [f"class_{i}" for i in range(top + 1)]
 
 
 def make_dataset(
     cfg: TrainConfig,
-    index: dict,
+    index: Any,
     split: str,
     *,
     train: bool,
@@ -204,10 +231,12 @@ def make_dataset(
     noise_sigma: float = 0.0,
     source: str | Path | None = None,
 ) -> SkeletonDataset:
-    """The dataset of split `split`; `source` (the index file) is named in the error messages."""
+    """The dataset of split `split` of `index` (`open_dataset`'s object or an index dict); `source` (the file) is
+    named in the error messages."""
+    data = store.as_dataset(index, source=source)
     ds = SkeletonDataset(
-        annotations=index["annotations"],
-        frame_dirs=split_frame_dirs(index, split, source=source),
+        annotations=data,
+        frame_dirs=split_frame_dirs(data, split, source=source),
         train=train,
         opts=cfg.data,
         seed=cfg.seed,
@@ -218,8 +247,8 @@ def make_dataset(
     )
     if ds.skipped:
         log.warning("%s: skipped %d clips with no data (skip_bad): %s", split, len(ds.skipped), ds.skipped[:5])
-    if ds.person_selection:
-        log.info("%s: %d clips had more than 2 persons; kept the 2 highest-scoring", split, len(ds.person_selection))
+    if ds.crowded:
+        log.info("%s: %d clips had more than 2 persons; kept the 2 highest-scoring", split, len(ds.crowded))
     return ds
 
 

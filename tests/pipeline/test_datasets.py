@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -175,8 +178,8 @@ def test_ntu120_official_split_sizes():
 
     Full-list sizes: cross-subject 63,360 / 51,120, cross-setup 54,720 / 59,760. The NTU120
     paper reports 63,026 / 50,922 and 54,471 / 59,477, i.e. the same splits after removing
-    the 532 samples it lists without skeletons (the current list has 535); that per-split
-    removal was not re-checked here.
+    the 532 samples it lists without skeletons; the current list has 535, and removing it gives
+    PYSKL's 63,026 / 50,919 and 54,468 / 59,477 (test_published_split_sizes_without_missing_skeletons).
     """
     names = generated_ntu_names(range(1, 33))
     assert len(names) == len(set(names)) == 114_480
@@ -313,3 +316,105 @@ def test_folder_errors(tmp_path, csv_text, classes, match):
     order = write(tmp_path / "order.txt", classes) if classes else None
     with pytest.raises(DatasetError, match=match):
         FolderDataset(labels_csv=labels, classes_txt=order)
+
+
+# ------------------------------------------------------------------------------------------
+# NTU samples with missing skeletons
+# ------------------------------------------------------------------------------------------
+
+OFFICIAL_HEADER = (
+    "{n} of the captured samples in the dataset have missing or incomplete skeleton data.\n"
+    "If you are working on skeleton-based analysis, please ignore these files.\n\n"
+)
+
+
+def test_read_missing_skeletons_official_layout(tmp_path):
+    names = ["S001C002P005R002A008", "S001C002P006R001A008_rgb.avi", "S017C003P020R001A059.skeleton"]
+    f = write(tmp_path / "m.txt", OFFICIAL_HEADER.format(n=3) + "\n".join(names) + "\n\n")
+    assert datasets.read_missing_skeletons(f) == [
+        "S001C002P005R002A008",
+        "S001C002P006R001A008",
+        "S017C003P020R001A059",
+    ]
+    # no header, CRLF line ends, a comment
+    f = write(tmp_path / "bare.txt", "# mine\r\nS001C002P005R002A008\r\n  S001C002P006R001A008  \r\n")
+    assert datasets.read_missing_skeletons(f) == ["S001C002P005R002A008", "S001C002P006R001A008"]
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        (OFFICIAL_HEADER.format(n=2) + "S001C002P005R002A008\nS1C2P5R2A8\n", r"m\.txt:5: not an NTU sample name"),
+        (OFFICIAL_HEADER.format(n=3) + "S001C002P005R002A008\nS001C002P006R001A008\n", "announces 3 samples"),
+        (OFFICIAL_HEADER.format(n=1), "no NTU sample names"),
+    ],
+)
+def test_read_missing_skeletons_errors(tmp_path, text, match):
+    with pytest.raises(DatasetError, match=match):
+        datasets.read_missing_skeletons(write(tmp_path / "m.txt", text))
+    with pytest.raises(DatasetError, match="no such file"):
+        datasets.read_missing_skeletons(tmp_path / "absent.txt")
+
+
+def test_ntu_adapters_exclude_missing_skeletons():
+    listed = ["S001C002P005R002A008_rgb", "S001C003P002R001A055", "S018C001P008R001A061"]
+    ntu60, ntu120 = NTU60(missing_skeletons=listed), NTU120(missing_skeletons=listed)
+    assert ntu60.excluded == {"S001C002P005R002A008", "S001C003P002R001A055"}  # S018: NTU120 only
+    assert ntu120.excluded == {"S001C002P005R002A008", "S001C003P002R001A055", "S018C001P008R001A061"}
+    assert len(ntu60.expected_ids()) == 56_880 - 2 and "S001C003P002R001A055" not in ntu60.expected_ids()
+    assert len(ntu120.expected_ids()) == 114_480 - 3
+    assert ntu60.label("S001C003P002R001A055") == 54  # still an NTU video: labelled, just not indexed
+    assert NTU60().excluded == frozenset() and FolderDataset.excluded == frozenset()
+    with pytest.raises(UnknownVideoError, match="not an NTU name"):
+        NTU60(missing_skeletons=["clip_01"])
+
+
+def test_load_missing_skeletons_sources(tmp_path, monkeypatch):
+    monkeypatch.setenv("RSA_DATA_DIR", str(tmp_path / "cache"))
+    listed = write(tmp_path / "m.txt", "S001C002P005R002A008\n")
+    assert datasets.load_missing_skeletons("ntu60", path=listed) == {"S001C002P005R002A008"}
+    assert datasets.load_missing_skeletons("ntu120", keep=True) == frozenset()
+    with pytest.raises(DatasetError, match="exclude each other"):
+        datasets.load_missing_skeletons("ntu60", path=listed, keep=True)
+    with pytest.raises(DatasetError, match="only ntu60, ntu120"):
+        datasets.load_missing_skeletons("kinetics400")
+    with pytest.raises(DatasetError, match="make fetch DATASET=ntu_missing_skeletons") as info:
+        datasets.load_missing_skeletons("ntu60")
+    assert str(tmp_path / "cache") in str(info.value) and "\n" not in str(info.value)
+    # without pipeline.fetch: the official file name in $RSA_DATA_DIR
+    monkeypatch.setitem(sys.modules, "pipeline.fetch", None)
+    (tmp_path / "cache").mkdir()
+    write(tmp_path / "cache" / "NTU_RGBD120_samples_with_missing_skeletons.txt", "S018C001P008R001A061\n")
+    assert datasets.find_missing_skeletons_file("ntu60") is None
+    assert datasets.load_missing_skeletons("ntu120") == {"S018C001P008R001A061"}
+
+
+def official_missing_list(dataset: str):
+    """The official list: `$RSA_NTU_MISSING_DIR/<official name>`, else the data cache; skip if neither."""
+    name = datasets.NTU_MISSING_SKELETONS_FILES[dataset]
+    folder = os.environ.get("RSA_NTU_MISSING_DIR")
+    path = Path(folder) / name if folder else datasets.find_missing_skeletons_file(dataset)
+    if path is None or not path.is_file():
+        pytest.skip(
+            f"{name} not available (not shipped): set RSA_NTU_MISSING_DIR to a folder holding it, "
+            "or run `make fetch DATASET=ntu_missing_skeletons`"
+        )
+    return datasets.read_missing_skeletons(path)
+
+
+@pytest.mark.parametrize(
+    "dataset, removed, sizes",
+    [
+        (NTU60, 302, {"xsub_train": 40_091, "xsub_val": 16_487, "xview_train": 37_646, "xview_val": 18_932}),
+        (NTU120, 535, {"xsub_train": 63_026, "xsub_val": 50_919, "xset_train": 54_468, "xset_val": 59_477}),
+    ],
+)
+def test_published_split_sizes_without_missing_skeletons(dataset, removed, sizes):
+    """All generated names minus the official list give the published splits: PYSKL's ntu60 /
+    ntu120 pickles (xsub 40,091 / 16,487, xview 37,646 / 18,932; xsub 63,026 / 50,919, xset
+    54,468 / 59,477)."""
+    ds = dataset(missing_skeletons=official_missing_list(dataset.name))
+    assert len(ds.excluded) == removed
+    ids = ds.expected_ids()
+    assert len(ids) == len(generated_ntu_names(range(1, ds.num_setups + 1))) - removed
+    assert split_sizes(ds, ids) == sizes

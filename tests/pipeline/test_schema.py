@@ -89,6 +89,12 @@ def _mutations():
         ("person_ids shape", setk("person_ids", np.zeros(3, np.int64)), "person_ids.shape"),
         ("box shape", setk("box", np.zeros((2, 16, 5), np.float32)), "box.shape"),
         ("box_score shape", setk("box_score", np.zeros((2, 15), np.float32)), "box_score.shape"),
+        ("valid not a dict", setk("valid", [3]), "valid"),
+        ("valid count above T", setk("valid", {0.5: 17}), "valid"),
+        ("valid negative count", setk("valid", {0.5: -1}), "valid"),
+        ("valid float count", setk("valid", {0.5: 2.0}), "valid"),
+        ("valid threshold above 1", setk("valid", {1.5: 3}), "valid"),
+        ("valid str threshold", setk("valid", {"0.5": 3}), "valid"),
         ("estimator", setk("estimator", {"name": "x"}), "estimator"),
         ("schema_version", setk("schema_version", 99), "schema_version"),
         ("not a dict", None, "record"),
@@ -295,7 +301,7 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
     "case,fragment",
     [
         ("missing", "no such file"),
-        ("directory", "a directory"),
+        ("directory", "not a store"),  # a folder is read as a store (pipeline/store.py)
         ("unknown clip", "unknown clip 'ghost'"),
         ("nan", "NaN/inf"),
         ("negative frames", "total_frames"),
@@ -313,6 +319,22 @@ def test_validate_cli_errors_one_line(tmp_path, case, fragment):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and str(path) in lines[0] and fragment in lines[0], res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_bare_list_of_records_says_how_to_index_it(tmp_path):
+    """PYSKL's custom_2d_skeleton.py writes a bare list of records: no index, and the error says
+    which command makes one."""
+    path = tmp_path / "custom.pkl"
+    path.write_bytes(pickle.dumps([make_record(frame_dir="a"), make_record(frame_dir="b")]))
+    hint = f"`python -m pipeline index --poses {path} --dataset folder --labels labels.csv --out INDEX.pkl`"
+    for read in (schema.read_index, schema.read_any):
+        with pytest.raises(SchemaError, match="got a bare list of 2 records; that is what PYSKL's") as info:
+            read(path)
+        assert str(info.value).endswith(hint)
+    res = subprocess.run(
+        [sys.executable, "-m", "pipeline", "validate", str(path)], capture_output=True, text=True, cwd=REPO
+    )
+    assert res.returncode == 1 and res.stderr.count("\n") == 1 and hint in res.stderr
 
 
 def test_atomic_write_uses_normal_permissions(tmp_path):
@@ -422,18 +444,34 @@ def test_validate_cli_reports_index_errors(tmp_path, case, fragment):
 
 def test_written_pickles_name_only_numpy_core_globals(tmp_path):
     """numpy < 1.26 (PYSKL's environment) has no `numpy._core`: our files reference `numpy.core.*` only,
-    and an unpickler that knows only those names (as numpy 1.x's) reads them."""
+    and an unpickler that knows only those names (as numpy 1.x's) reads them. Every writer: a record,
+    an index, `pipeline index` (box scores, `valid`; from a folder and from a list), a decompressed
+    compressed index."""
     import io
     import pickle
     import pickletools
 
+    from pipeline.__main__ import main
     from tests.helpers import make_index, make_record
+    from tests.pipeline.test_index import _custom_2d_skeleton_list
+    from tests.pipeline.test_pyskl import write_k400
 
     rec, index = make_record(T=12), make_index(6, T=12)
     rec["fps"] = np.float32(25.0)  # a numpy scalar too
     schema.write_record(rec, tmp_path / "r.pkl")
     schema.write_index(index, tmp_path / "i.pkl")
-    for path in (tmp_path / "r.pkl", tmp_path / "i.pkl"):
+    poses = tmp_path / "poses"
+    poses.mkdir()
+    boxed = dict(rec, frame_dir="walk_01", box=np.zeros((2, 12, 4), np.float32), box_score=np.ones((2, 12), np.float32))
+    schema.write_record(boxed, poses / "walk_01.pkl")
+    (tmp_path / "labels.csv").write_text("video,label\nwalk_01,walk\njump_01,jump\ncompressed,walk\n")
+    folder = ["index", "--dataset", "folder", "--labels", str(tmp_path / "labels.csv")]
+    assert main([*folder, "--poses", str(poses), "--out", str(tmp_path / "x.pkl")]) == 0
+    assert schema.read_index(tmp_path / "x.pkl")["annotations"][0]["valid"][0.9] == 12
+    (tmp_path / "list.pkl").write_bytes(pickle.dumps(_custom_2d_skeleton_list(["jump_01"])))
+    assert main([*folder, "--poses", str(tmp_path / "list.pkl"), "--out", str(tmp_path / "l.pkl")]) == 0
+    schema.write_index(schema.read_index(write_k400(tmp_path / "k400")), tmp_path / "k.pkl")
+    for path in (tmp_path / "r.pkl", tmp_path / "i.pkl", tmp_path / "x.pkl", tmp_path / "l.pkl", tmp_path / "k.pkl"):
         data = path.read_bytes()
         names = {a for op, a, _ in pickletools.genops(data) if isinstance(a, str) and a.startswith("numpy")}
         names |= {a.split()[0] for op, a, _ in pickletools.genops(data) if op.name == "GLOBAL"}
