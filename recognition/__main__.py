@@ -1,7 +1,7 @@
 """`python -m recognition <verb>`: train, evaluate, report.
 
     train     --config C --data INDEX --split xsub|xview|xset|train --out DIR [--init CK [--allow-pickle]] [--resume]
-    evaluate  --checkpoint CK --data INDEX --split xview_val --out DIR [--noise-sigma S] [--faithful]
+    evaluate  --checkpoint CK --data INDEX --split xview_val --out DIR [--noise-sigma S] [--preprocessing P]
     predict   --video V|DIR --run RUN --out DIR [--estimator E] [--estimator-python PY]
     configs   [--find MODEL BACKBONE DATASET]   the shipped run configs
     report    --runs RUN_DIR... --data INDEX... --out DIR [--config configs/report/default.yaml] [--only SECTION]
@@ -54,6 +54,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         faithful=args.faithful,
         batch_size=args.batch_size,
         allow_pickle=args.allow_pickle,
+        preprocessing=args.preprocessing,
     )
     return 0
 
@@ -167,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="official preprocessing quirks (default: the checkpoint's setting)",
+    )
+    p.add_argument(
+        "--preprocessing",
+        choices=("auto", "fixed", "faithful"),
+        default="auto",
+        help="data switches F3/F4 (docs/method.md §10): auto = the checkpoint's own (a MotionBERT/MaskCLR file: "
+        "their official test pipeline); fixed or faithful forces them",
     )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--allow-pickle", action="store_true", help="allow full unpickling of a trusted foreign file")

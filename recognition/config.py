@@ -34,11 +34,12 @@ class OptimConfig:
     epochs: int = 300
     batch_size: int = 32
     lr_backbone: float = 1e-4
-    lr_head: float = 1e-3
+    lr_head: float | None = None  # None: by the recipe, `head_lr_for` (1e-3 finetuning with --init, 1e-4 from scratch)
     weight_decay: float = 0.01
     lr_decay: float = 0.99
     num_workers: int = 0
     pin_memory: bool = False  # pinned host batches (CUDA only; ignored on CPU)
+    replica_groups: int = 1  # 2: the official 2-GPU DataParallel split of each batch (recognition/replicas.py)
     skip_bad: bool = False
 
 
@@ -134,12 +135,27 @@ def check_family(cfg: TrainConfig, *, family: str | None, num_classes: int, sour
     )
 
 
+HEAD_LR_FINETUNE = 1e-3  # MotionBERT MB_ft_*: a pretrained (or phase-1) backbone is loaded
+HEAD_LR_SCRATCH = 1e-4  # MotionBERT MB_train_*: from scratch
+
+
+def head_lr_for(cfg: TrainConfig, *, init: bool) -> TrainConfig:
+    """`cfg` with `optim.lr_head` set: as given, else MotionBERT's recipe for whether `--init` loads weights
+    (docs/method.md §7.1). The value that runs is the one written to config.yaml and the checkpoints."""
+    if cfg.optim.lr_head is not None:
+        return cfg
+    lr = HEAD_LR_FINETUNE if init else HEAD_LR_SCRATCH
+    return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr_head=lr))
+
+
 def resolve(cfg: TrainConfig) -> TrainConfig:
     """Apply `faithful: true` (official behaviour for F1-F9) and check cross-field rules."""
     if cfg.data.clip_len > cfg.model.maxlen:
         raise ValueError(f"data.clip_len {cfg.data.clip_len} exceeds model.maxlen {cfg.model.maxlen}")
     if cfg.maskclr.sc_p_dim not in (0, 1):
         raise ValueError(f"maskclr.sc_p_dim must be 0 or 1, got {cfg.maskclr.sc_p_dim}")
+    if cfg.optim.replica_groups < 1:
+        raise ValueError(f"optim.replica_groups must be >= 1, got {cfg.optim.replica_groups}")
     if cfg.dataset is not None and cfg.dataset not in FAMILY_CLASSES:
         raise ValueError(f"dataset {cfg.dataset!r} is not a known family; valid: {', '.join(FAMILY_CLASSES)} or null")
     if cfg.random_mask.ratio and cfg.maskclr.enabled:

@@ -21,26 +21,46 @@ from torch.utils.data import DataLoader
 from pipeline.atomic import atomic_write_bytes, atomic_write_text
 from pipeline.config import from_dict
 from pipeline.progress import progress
-from pipeline.schema import read_index
+from pipeline.store import open_dataset
 from recognition import diagnostics as dg
 from recognition.checkpoint import build_model_from_checkpoint
 from recognition.config import TrainConfig, resolve
 from recognition.data import label_names_of, make_dataset, require_clips
-from recognition.runtime import autocast_for, pick_device
+from recognition.preprocess import describe_preprocessing, faithful_options, fixed_options
+from recognition.runtime import pick_device
 
 log = logging.getLogger(__name__)
 
 
-def eval_config(ck: dict, *, faithful: bool | None) -> TrainConfig:
-    """The run config stored in our checkpoint (or defaults for an official file), resolved."""
-    if ck.get("run_config"):
+PREPROCESSING = ("auto", "fixed", "faithful")
+
+
+def eval_config(ck: dict, *, faithful: bool | None, preprocessing: str = "auto") -> TrainConfig:
+    """The run config to evaluate a checkpoint with, resolved.
+
+    Ours: the run config it stores (`faithful` overrides its switch). A foreign checkpoint (MotionBERT's or
+    MaskCLR's, no run config): defaults at its maxlen, and with `preprocessing="auto"` the data pipeline of the code
+    that wrote it, i.e. the official test-time switches F3 and F4 (docs/method.md §10). `fixed` / `faithful` force
+    the data switches either way, for any checkpoint.
+    """
+    if preprocessing not in PREPROCESSING:
+        raise ValueError(f"preprocessing must be one of {PREPROCESSING}, got {preprocessing!r}")
+    ours = bool(ck.get("run_config"))
+    if ours:
         cfg = from_dict(TrainConfig, ck["run_config"])
     else:
         maxlen = ck["model_config"]["maxlen"]
         cfg = TrainConfig(data=dataclasses.replace(TrainConfig().data, clip_len=maxlen))
     if faithful is not None:
         cfg = dataclasses.replace(cfg, faithful=faithful)
-    return resolve(cfg)
+    cfg = resolve(cfg)
+    if preprocessing == "auto" and not ours and faithful is None:
+        preprocessing = "faithful"
+    if preprocessing == "faithful":
+        cfg = dataclasses.replace(cfg, data=faithful_options(cfg.data))
+    elif preprocessing == "fixed":
+        cfg = dataclasses.replace(cfg, data=fixed_options(cfg.data))
+    return cfg
 
 
 @torch.no_grad()
@@ -48,8 +68,7 @@ def predict_dataset(model, loader, device: torch.device) -> tuple[np.ndarray, np
     """Logits [N, C] float32, features [N, H] float32 and labels [N] over a loader."""
     logits, feats, labels = [], [], []
     for x, y in progress(loader, desc="evaluate"):
-        with autocast_for(device):
-            out = model(x.to(device))
+        out = model(x.to(device))  # float32 on every device (docs/method.md §7.4)
         logits.append(out.logits.float().cpu())
         feats.append(out.features.float().cpu())
         labels.append(y)
@@ -82,13 +101,17 @@ def run_evaluate(
     faithful: bool | None = None,
     batch_size: int = 32,
     allow_pickle: bool = False,
+    preprocessing: str = "auto",
 ) -> dict:
-    """Evaluate and write the files; returns metrics."""
+    """Evaluate and write the files; returns metrics. `preprocessing`: see `eval_config` (stated in metrics.json)."""
     dev = pick_device(device)
     model, ck = build_model_from_checkpoint(checkpoint, allow_pickle=allow_pickle)
     model.to(dev)
-    cfg = eval_config(ck, faithful=faithful)
-    index = read_index(data)
+    cfg = eval_config(ck, faithful=faithful, preprocessing=preprocessing)
+    prep = describe_preprocessing(cfg.data)
+    origin = "our run config" if ck.get("run_config") else "a foreign checkpoint: the code that wrote it"
+    log.info("preprocessing: %s (%s)", prep, origin if preprocessing == "auto" else f"--preprocessing {preprocessing}")
+    index = open_dataset(data)
     names = ck.get("label_names") or label_names_of(index)
     num_classes = ck["model_config"]["num_classes"]
     if len(names) != num_classes:
@@ -104,6 +127,7 @@ def run_evaluate(
         split=split,
         noise_sigma=noise_sigma,
         faithful=cfg.faithful,
+        preprocessing=prep,
         skipped=ds.skipped,
     )
     out = Path(out)

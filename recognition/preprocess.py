@@ -62,6 +62,23 @@ class PreprocessOptions:
 OFFICIAL_DATA_SWITCHES = {"conf_order": "coco", "track_swaps_conf": False, "resample_per_item": False}
 
 
+def fixed_options(base: PreprocessOptions | None = None) -> PreprocessOptions:
+    """`base` with the switches F3, F4, F5 at our fixed behaviour (the defaults)."""
+    default = PreprocessOptions()
+    return dataclasses.replace(base or default, **{k: getattr(default, k) for k in OFFICIAL_DATA_SWITCHES})
+
+
+def describe_preprocessing(opts: PreprocessOptions) -> str:
+    """`faithful` (the official test pipeline: F3 and F4 as the official code), `fixed`, or `mixed (...)`, for
+    metrics.json, logs and the report's header. F5 concerns training only and is not named."""
+    official = {k: getattr(opts, k) == v for k, v in OFFICIAL_DATA_SWITCHES.items() if k != "resample_per_item"}
+    if all(official.values()):
+        return "faithful"
+    if not any(official.values()):
+        return "fixed"
+    return "mixed (official: " + ", ".join(k for k, v in official.items() if v) + ")"
+
+
 def faithful_options(base: PreprocessOptions | None = None, **overrides) -> PreprocessOptions:
     """`base` (default: the defaults) with the official data pipeline's switches F3, F4, F5, then `overrides`."""
     return dataclasses.replace(base or PreprocessOptions(), **{**OFFICIAL_DATA_SWITCHES, **overrides})

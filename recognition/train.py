@@ -36,14 +36,15 @@ from torch.utils.data import DataLoader, DistributedSampler
 from pipeline.atomic import atomic_write_text, write_text_if_changed
 from pipeline.config import dump_yaml, to_dict
 from pipeline.progress import progress
-from pipeline.schema import read_index
+from pipeline.store import open_dataset
 from recognition.checkpoint import init_from, is_ours, read_checkpoint, save_checkpoint
 from recognition.checkpoint_import import CheckpointError
-from recognition.config import TrainConfig, check_family, split_names
+from recognition.config import TrainConfig, check_family, head_lr_for, split_names
 from recognition.data import SkeletonDataset, label_names_of, make_dataset, no_clips_message, require_clips
 from recognition.maskclr.agpm import agpm_mask, apply_input_zero_mask, v1_input_mask
 from recognition.maskclr.losses import MLCLLoss
 from recognition.models.action import ActionModel, build_action_model
+from recognition.replicas import kept_running_statistics, per_replica, replica_forward
 from recognition.runtime import Dist, autocast_for, seed_everything, setup_distributed, teardown_distributed
 
 log = logging.getLogger(__name__)
@@ -104,15 +105,24 @@ def maskclr_step(cfg: TrainConfig, model, core: ActionModel, loss_fn: MLCLLoss, 
     `model` may be the DDP wrapper; the standard pass goes through the plain module `core` so
     that DDP sees exactly one forward per backward.
     """
-    mc = cfg.maskclr
-    out = core(x, return_attention=True)
+    mc, groups = cfg.maskclr, cfg.optim.replica_groups
+    out = replica_forward(core, x, groups, return_attention=True)
     scores = out.activation  # [N, M, T, V], attention received per token, no gradient
     if mc.masking == "agpm":
-        mask = agpm_mask(scores, ratio=mc.mask_ratio, tau=mc.mask_tau, axis=mc.mask_axis)
-        out_m = model(x, token_mask=mask)
+        mask = per_replica(
+            lambda s: agpm_mask(s, ratio=mc.mask_ratio, tau=mc.mask_tau, axis=mc.mask_axis), scores, groups
+        )
     else:
-        mask = v1_input_mask(scores, ratio=mc.v1_ratio, tau=mc.mask_tau, tube_len=mc.v1_tube_len)
-        out_m = model(apply_input_zero_mask(x, mask))
+        mask = per_replica(
+            lambda s: v1_input_mask(s, ratio=mc.v1_ratio, tau=mc.mask_tau, tube_len=mc.v1_tube_len), scores, groups
+        )
+    # The masked view must not teach the backbone's BatchNorms (STTFormer's) its statistics: evaluation sees whole
+    # skeletons (docs/method.md §9.2). The head's BatchNorm learns from both passes, as in the official code.
+    with kept_running_statistics(core.backbone):
+        if mc.masking == "agpm":
+            out_m = replica_forward(model, x, groups, token_mask=mask)
+        else:
+            out_m = replica_forward(model, apply_input_zero_mask(x, mask), groups)
     ce = F.cross_entropy(out.logits, y)
     if mc.avg_ce:
         ce = 0.5 * (ce + F.cross_entropy(out_m.logits, y))
@@ -143,8 +153,7 @@ def evaluate_loader(
     ce_sum = 0.0
     for x, y in loader:
         x, y = x.to(device), y.to(device)
-        with autocast_for(device):
-            logits = model(x).logits.float()
+        logits = model(x).logits.float()  # validation in float32 on every device (docs/method.md §7.4)
         if loss_fn is not None and update_memory and loss_fn.class_contrast is not None:
             loss_fn.class_contrast(logits, y, update=True)  # F7 (faithful): memory also learns on val
         ce_sum += F.cross_entropy(logits, y, reduction="sum").item()
@@ -198,7 +207,12 @@ def make_loaders(cfg: TrainConfig, env: Dist, index: dict, *, data: str | Path, 
         train_ds, num_replicas=env.world, rank=env.rank, shuffle=True, seed=cfg.seed, drop_last=env.world > 1
     )
     bs, workers = cfg.optim.batch_size, cfg.optim.num_workers
-    drop_last = cfg.maskclr.enabled and len(train_ds) > bs
+    # MaskCLR drops an incomplete last batch (§7.4); any run drops a last batch of one clip, which the head's
+    # BatchNorm cannot normalise in training.
+    n = len(sampler)
+    drop_last = (cfg.maskclr.enabled and n > bs) or (n > bs and n % bs == 1)
+    if drop_last and not cfg.maskclr.enabled:
+        log.info("%d training clips per process at batch %d: the last batch of 1 clip is dropped each epoch", n, bs)
     # Workers are not persistent: each epoch's workers copy the dataset after its set_epoch.
     common = dict(batch_size=bs, num_workers=workers, pin_memory=cfg.optim.pin_memory and env.device.type == "cuda")
     train_loader = DataLoader(train_ds, sampler=sampler, drop_last=drop_last, **common)
@@ -241,7 +255,13 @@ def setup(
 
     Writes nothing. The torch RNG is drawn in a fixed order (model, then loss initialisation).
     """
-    index = read_index(data)
+    cfg = head_lr_for(cfg, init=init is not None)
+    if cfg.optim.replica_groups > 1 and env.world > 1:
+        raise ValueError(
+            f"optim.replica_groups {cfg.optim.replica_groups} emulates DataParallel replicas in one process; under "
+            "torchrun every rank is already one replica: set optim.replica_groups=1"
+        )
+    index = open_dataset(data)
     names = label_names_of(index)
     family = index.get("dataset") if isinstance(index, dict) else getattr(index, "dataset", None)
     check_family(cfg, family=family, num_classes=len(names), source=data)
@@ -289,7 +309,7 @@ def forward_loss(run: Run, x: torch.Tensor, y: torch.Tensor, *, masked: bool):
         if masked:
             return maskclr_step(run.cfg, run.model, run.core, run.loss_fn, x, y, update_memory=True)
         mask = random_token_mask(x, run.cfg.random_mask.ratio) if run.cfg.random_mask.ratio else None
-        logits = run.model(x, token_mask=mask).logits
+        logits = replica_forward(run.model, x, run.cfg.optim.replica_groups, token_mask=mask).logits
         loss = F.cross_entropy(logits.float(), y)
         return loss, logits, {"ce": loss.detach()}
 
@@ -394,7 +414,7 @@ def run_train(
     writer = None
     if env.main:
         out.mkdir(parents=True, exist_ok=True)
-        write_text_if_changed(out / "config.yaml", dump_yaml(to_dict(cfg)))
+        write_text_if_changed(out / "config.yaml", dump_yaml(to_dict(run.cfg)))  # lr_head as it runs
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tb"), purge_step=run.start_epoch)

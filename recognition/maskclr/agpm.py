@@ -134,6 +134,8 @@ def v1_input_mask(
 ) -> torch.Tensor:
     """The older v1 AGPM mask (§5.3): per-frame softmax, one global top-r threshold, then tube masking.
 
+    0. The score a of a frame's joints is softmax over the V joints of the activation, as the official v1 backbone
+       (`DSTformer.py`) hands it to the masker.
     1. Per frame: π = softmax over the V joints of a / (τ·max_v a + 1e-10); g = log π + Gumbel.
     2. Mask the L - ⌊L·(1 - r)⌋ largest g over all L = N·M·T·V entries (the official threshold
        `g > sorted(g)[int((1 - r)·L)]` masks one entry fewer; the count rule is shared with `agpm_mask` instead).
@@ -155,7 +157,7 @@ def v1_input_mask(
     if tube_len < 1:
         raise ValueError(f"tube_len must be >= 1, got {tube_len}")
     N, M, T, V = scores.shape
-    rows = scores.detach().float().reshape(N * M * T, V)  # [L_frames, V], one row per frame
+    rows = scores.detach().float().reshape(N * M * T, V).softmax(dim=-1)  # [L_frames, V], step 0, one row per frame
     g = _perturbed_log_probs(rows, tau=tau, generator=generator, noise=True)  # [N·M·T, V]
     flat = _top_mask(g.reshape(1, -1), _num_masked(g.numel(), ratio))  # [1, N·M·T·V], global threshold
     mask = flat.reshape(N, M, T, V)

@@ -49,6 +49,14 @@ class Backbone(Protocol):
     def layer_attention(self, x, layers): ...
 
 
+def full_precision(x):
+    """A context in which autocast is off for x's device: the input embeddings run in float32 under bf16 training,
+    so the joint coordinates are not rounded (docs/method.md §7.4). Cast the input with `.float()` inside it."""
+    import torch
+
+    return torch.autocast(x.device.type, enabled=False)
+
+
 def layer_indices(layers, count: int) -> list[int]:
     """Layer indices (Python-style negatives allowed) as 0..count-1; IndexError for one outside [-count, count)."""
     bad = [layer for layer in layers if not -count <= layer < count]

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recognition.models import layer_indices
+from recognition.models import full_precision, layer_indices
 
 DSTFORMER_PRESETS: dict[str, dict] = {
     "base": dict(dim_feat=512, dim_rep=512, depth=5, num_heads=8, mlp_ratio=2.0),
@@ -282,7 +282,8 @@ class DSTFormer(nn.Module):
             raise ValueError(f"sequence has {T} frames, more than maxlen={self.maxlen}")
         if V != self.num_joints:
             raise ValueError(f"input has {V} joints, the model expects {self.num_joints}")
-        x = self.joints_embed(x.reshape(B * T, V, C_in))  # [B, T, V, C_in] -> [B·T, V, C_in] -> [B·T, V, D]
+        with full_precision(x):  # the joint coordinates are not rounded to bf16
+            x = self.joints_embed(x.float().reshape(B * T, V, C_in))  # [B, T, V, C_in] -> [B·T, V, C_in] -> [B·T, V, D]
         if token_mask is not None:
             if not self.use_mask_token:
                 raise ValueError("token_mask given but the model was built with use_mask_token=False")

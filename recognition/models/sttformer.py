@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recognition.models import layer_indices
+from recognition.models import full_precision, layer_indices
 
 PAPER_BLOCKS = (
     (64, 64, 16),
@@ -256,7 +256,8 @@ class STTFormer(nn.Module):
         Tp = -(-T // P)  # tuples, T rounded up
         x = F.pad(x, (0, 0, 0, 0, 0, Tp * P - T))  # [B, T, V, C_in] -> [B, T'·P, V, C_in], zero frames at the end
         # [B, T'·P, V, C_in] -> [B, C_in, T'·P, V] -> [B, C_in, T', P·V]: node index f·V + j
-        x = self.input_map(x.permute(0, 3, 1, 2).reshape(B, C_in, Tp, P * V))  # [B, C0, T', V']
+        with full_precision(x):  # the joint coordinates are not rounded to bf16
+            x = self.input_map(x.float().permute(0, 3, 1, 2).reshape(B, C_in, Tp, P * V))  # [B, C0, T', V']
         for blk in self.blocks:
             x, attn = blk(x)  # [B, C, T', V'], [B, H, V', V']
         C = x.shape[1]

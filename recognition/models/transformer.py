@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recognition.models import layer_indices
+from recognition.models import full_precision, layer_indices
 from recognition.models.dstformer import Mlp
 
 _BASE = dict(dim_feat=512, dim_rep=512, depth=5, num_heads=8, mlp_ratio=4.0)
@@ -245,7 +245,8 @@ class SkeletonTransformer(nn.Module):
         Tp = T // p
         # [B, T, V, C_in] -> [B, T', p, V, C_in] -> [B, T', V, p, C_in]
         x = x.reshape(B, Tp, p, V, C_in).transpose(2, 3)
-        x = self.joints_embed(x.reshape(B, Tp, V, p * C_in))  # [B, T', V, p·C_in] -> [B, T', V, D]
+        with full_precision(x):  # the joint coordinates are not rounded to bf16
+            x = self.joints_embed(x.float().reshape(B, Tp, V, p * C_in))  # [B, T', V, p·C_in] -> [B, T', V, D]
         if token_mask is not None:
             if not self.use_mask_token:
                 raise ValueError("token_mask given but the model was built with use_mask_token=False")

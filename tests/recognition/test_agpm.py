@@ -148,3 +148,18 @@ def test_apply_input_zero_mask_zeroes_all_channels_of_masked_joints():
     out = apply_input_zero_mask(x, mask)
     assert torch.all(out[mask] == 0)
     assert torch.equal(out[~mask], x[~mask])
+
+
+def test_v1_scores_are_softmaxed_over_joints_first():
+    """The official v1 backbone hands the masker softmax_j(activation): masking the activation equals the pipeline
+    written out step by step on softmax scores (tube length 1, so no copying)."""
+    scores = torch.rand(2, 2, 6, 17, generator=_gen(21)) * 5
+    mask = v1_input_mask(scores, ratio=0.3, tau=0.75, tube_len=1, generator=_gen(22))
+    a = scores.softmax(dim=-1)
+    s = a / (0.75 * a.amax(dim=-1, keepdim=True) + 1e-10)
+    u = torch.rand(a.shape, generator=_gen(22))
+    g = torch.log_softmax(s, dim=-1) - torch.log(-torch.log(u + 1e-10) + 1e-10)
+    n = g.numel() - int(g.numel() * 0.7)
+    want = torch.zeros(g.numel(), dtype=torch.bool)
+    want[g.flatten().argsort(descending=True)[:n]] = True
+    assert torch.equal(mask, want.reshape(mask.shape))

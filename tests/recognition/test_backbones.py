@@ -358,3 +358,16 @@ def test_dstformer_serves_every_layer_as_the_old_hooks_read_it() -> None:
     assert torch.equal(got[0], old[1]) and torch.equal(got[3], old[1]) and torch.equal(got[1], old[0])
     assert torch.equal(got[2], last) and not net.explicit_attention
     assert got[0].shape == (4, 8, net.num_heads, V, V) and not torch.allclose(got[0], got[2])
+
+
+@pytest.mark.parametrize("name", ["dstformer", *BACKBONES])
+def test_input_embedding_runs_in_float32_under_bf16_autocast(name: str) -> None:
+    """Training's bf16 autocast never rounds the joint coordinates: the input embedding sees and computes float32."""
+    model = build_action_model(backbone=name, preset="tiny", num_classes=5, hidden_dim=16, maxlen=16)
+    first = model.backbone.input_map if name == "sttformer" else model.backbone.joints_embed
+    seen = []
+    first.register_forward_hook(lambda mod, args, out: seen.append((args[0].dtype, out.dtype)))
+    x = torch.rand(2, 2, 16, V, 3) + 1000.0  # bf16 would round 1000.x to a multiple of 4
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x)
+    assert seen == [(torch.float32, torch.float32)]

@@ -192,3 +192,38 @@ def test_the_configs_yaml_is_plain():
         assert "&" not in text and "<<" not in text, c.path.name
         assert isinstance(yaml.safe_load(text), dict)
     assert np.all([c.path.parent == CONFIG_DIR for c in SHIPPED])
+
+
+def test_head_lr_follows_the_recipe_unless_set(tmp_path):
+    """Unset `optim.lr_head` is MotionBERT's: 1e-4 from scratch (MB_train), 1e-3 when --init loads weights (MB_ft);
+    the value that ran is what config.yaml records."""
+    from recognition.config import head_lr_for
+    from recognition.train import run_train
+
+    cfg = TrainConfig()
+    assert cfg.optim.lr_head is None
+    assert head_lr_for(cfg, init=False).optim.lr_head == 1e-4
+    assert head_lr_for(cfg, init=True).optim.lr_head == 1e-3
+    fixed = load_config(TrainConfig, None, ["optim.lr_head=5e-4"])
+    assert head_lr_for(fixed, init=True).optim.lr_head == head_lr_for(fixed, init=False).optim.lr_head == 5e-4
+    tiny = ["model.preset=tiny", "model.hidden_dim=16", "model.maxlen=12", "optim.epochs=1", "optim.batch_size=2"]
+    cfg = resolve(load_config(TrainConfig, None, [*tiny, f"data.clip_len={SHORT}"]))
+    data = _family_index("ntu60", tmp_path / "index.pkl")
+    run_train(cfg, data=data, split="xsub", out=tmp_path / "scratch")
+    assert yaml.safe_load((tmp_path / "scratch/config.yaml").read_text())["optim"]["lr_head"] == 1e-4
+    run_train(cfg, data=data, split="xsub", out=tmp_path / "ft", init=str(tmp_path / "scratch/best.pt"))
+    assert yaml.safe_load((tmp_path / "ft/config.yaml").read_text())["optim"]["lr_head"] == 1e-3
+
+
+def test_make_train_motionbert_ft_needs_the_pretrained_backbone(tmp_path, monkeypatch):
+    """MODEL=motionbert_ft passes the cached pretrained backbone as --init; without it, one line saying how to get it,
+    and no training from scratch in its place."""
+    index = _family_index("ntu60", tmp_path / "datasets" / "ntu60_hrnet.pkl")
+    monkeypatch.setenv("RSA_WEIGHTS_DIR", str(tmp_path / "weights"))  # an empty weights cache
+    res = make("train", "MODEL=motionbert_ft", "DATASET=ntu60_hrnet", "SPLIT=xsub", f"ART={tmp_path}")
+    assert res.returncode != 0
+    assert "run `make weights MODEL=motionbert`" in res.stderr
+    assert not (tmp_path / "runs/motionbert_ft_ntu60_hrnet_xsub/best.pt").exists()
+    res = make("-n", "train", "MODEL=motionbert_ft", "DATASET=ntu60_hrnet", "SPLIT=xsub", f"ART={tmp_path}")
+    assert "init=$(.venv/bin/python -m pose_extraction weights motionbert --path) &&" in res.stdout
+    assert '--init "$init" --allow-pickle' in res.stdout and str(index) in res.stdout
