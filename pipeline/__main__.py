@@ -1,11 +1,14 @@
-"""`python -m pipeline <verb>`: validate, build-demo-dataset, freeze-config, index.
+"""`python -m pipeline <verb>`: validate, build-demo-dataset, freeze-config, index, pack, export-pyskl, fetch.
 
-    validate FILE.pkl             check a pose record or dataset index; print a one-line summary
+    validate FILE.pkl|STORE       check a pose record, dataset index or store; print a one-line summary
     build-demo-dataset            build the embedded mocap15 dataset (records + PYSKL index)
     freeze-config CONFIG          resolve YAML + --set into a frozen YAML, rewritten only if changed
-    index --poses DIR --dataset NAME --out FILE
+    index --poses DIR|LIST.pkl --dataset NAME --out FILE
                                   label pose records, group them into the official splits and
-                                  write a PYSKL index; report missing/failed/unlabelled videos
+                                  write a PYSKL index; report missing/failed/unlabelled/excluded videos
+    pack INDEX.pkl OUT.store      any PYSKL pickle -> the memory-mapped dataset store
+    export-pyskl STORE OUT.pkl    a store -> a PYSKL pickle (the exchange format)
+    fetch NAME [--from FILE]      a published input by name (ntu60_hrnet, ntu120_hrnet, ntu_missing_skeletons)
 
 Exit status 0 on success, 1 on any failure (one error line on stderr).
 """
