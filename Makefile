@@ -183,6 +183,10 @@ weights: $(STAMP) ## fetch official weights into the local cache: ESTIMATOR=vitp
 bench: $(STAMP) ## training-step benchmark (fused vs explicit attention, MaskCLR vs baseline)
 	$(PY) bench/train_step.py --device $(DEVICE)
 
+.PHONY: bench-gpu
+bench-gpu: $(STAMP) ## one GPU benchmark: extraction (per-frame, batched, engine; per stage), readers, training clips/s; one table + JSON
+	$(PY) bench/gpu.py --device $(if $(filter auto,$(DEVICE)),cuda,$(DEVICE)) --json $(ART)/reports/bench-gpu/gpu.json
+
 .PHONY: clean-artifacts
 clean-artifacts: ## delete artifacts/ (keeps .venv)
 	rm -rf $(ART)

@@ -11,7 +11,22 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-VERBS = ["demo", "test", "lint", "poses", "dataset", "train", "report", "predict", "weights", "bench", "help"]
+VERBS = [
+    "demo",
+    "test",
+    "lint",
+    "poses",
+    "dataset",
+    "train",
+    "configs",
+    "report",
+    "predict",
+    "weights",
+    "fetch",
+    "bench",
+    "bench-gpu",
+    "help",
+]
 
 
 def make(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
