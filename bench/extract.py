@@ -14,12 +14,22 @@ Faster R-CNN v2 box head over 1000 proposals is most of a frame's time there).
 
     python bench/extract.py --estimator hrnet --frames 16 --device auto
 Weights: the local cache (make weights) when present, else random weights (timing only).
+
+`--engine` compares instead the in-process path (`extract --workers 1`) with the pipelined
+engine (`--workers N`, pose_extraction/engine.py) on a folder of generated videos, through
+`run_extract` as the command line calls it: the stand-in estimator (decoding and tracking are
+the work), then random-weight HRNet at a small input size behind a stand-in detector that finds
+the generated figures (the models are the work; 4 of the videos, the CPU is slow at it). Prints seconds, frames/s, the speed-up and
+whether the records are identical:
+
+    python bench/extract.py --engine --videos 24 --frames 48 --workers 2
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -49,6 +59,79 @@ def write_video(path: Path, frames: int, w: int, h: int) -> list[np.ndarray]:
     return boxes
 
 
+class FigureDetector:
+    """A stand-in person detector for the generated videos: boxes of the bright figures."""
+
+    weights = ""
+
+    def detect(self, frames: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        import cv2
+
+        out = []
+        for f in frames:
+            mask = (f[:, :, 0] > 120).astype(np.uint8)  # figures are (200, 180, 160) on 40
+            n, _, stats, _ = cv2.connectedComponentsWithStats(mask)
+            big = [s for s in stats[1:n] if s[4] >= 400]
+            boxes = np.asarray([[x, y, x + w, y + h] for x, y, w, h, _ in big], np.float32).reshape(-1, 4)
+            out.append((boxes, np.ones(len(boxes), np.float32)))
+        return out
+
+
+def same_records(a: Path, b: Path) -> bool:
+    from pipeline.schema import read_record
+
+    names = sorted(p.name for p in a.glob("*.pkl"))
+    if not names or names != sorted(p.name for p in b.glob("*.pkl")):
+        return False
+    for name in names:
+        ra, rb = read_record(a / name), read_record(b / name)
+        for k in ra.keys() | rb.keys():
+            va, vb = ra.get(k), rb.get(k)
+            same = np.array_equal(va, vb) if isinstance(va, np.ndarray) else va == vb
+            if not same:
+                return False
+    return True
+
+
+def bench_engine(args: argparse.Namespace) -> None:
+    """In-process path vs the engine on a folder of generated videos (module docstring)."""
+    from pose_extraction.estimators import build_estimator
+    from pose_extraction.extract import PoseConfig, VideoExtractor, run_extract
+
+    logging.getLogger("pose_extraction").setLevel(logging.ERROR)
+    w, h = (int(v) for v in args.size.split("x"))
+    small = {"input_size": (96, 128), "heatmap_size": (24, 32), "flip_test": False, "batch_size": 64}
+    cases = [
+        ("standin", lambda: build_estimator("standin", weights=None, settings={}), None, args.videos),
+        ("hrnet 96x128, random", lambda: build_estimator("hrnet", weights=None, settings=small), FigureDetector, 4),
+    ]
+    print(f"{args.videos} videos x {args.frames} frames {w}x{h}, chunk {args.chunk}, {os.cpu_count()} CPUs")
+    print(f"{'estimator':<24}{'path':<18}{'seconds':>9}{'frames/s':>10}{'speed-up':>10}  records")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "videos"
+        folder.mkdir()
+        for i in range(args.videos):
+            write_video(folder / f"v{i:03d}.mp4", args.frames, w, h)
+        for name, make_estimator, detector, n in cases:
+            videos = sorted(folder.glob("*.mp4"))[:n]
+            total = n * args.frames
+            est = make_estimator()
+            cfg = PoseConfig(estimator=est.name, chunk_size=args.chunk)
+            times = {}
+            for workers in (1, args.workers):
+                extractor = VideoExtractor(cfg=cfg, estimator=est, detector=detector() if detector else None)
+                out = Path(tmp) / f"{est.name}-{workers}"
+                t0 = time.perf_counter()
+                run_extract(extractor, videos, out, progress=False, workers=workers)
+                times[workers] = time.perf_counter() - t0
+            same = same_records(Path(tmp) / f"{est.name}-1", Path(tmp) / f"{est.name}-{args.workers}")
+            for workers, label in ((1, "--workers 1"), (args.workers, f"--workers {args.workers}")):
+                t = times[workers]
+                ratio = times[1] / t
+                tail = "" if workers == 1 else f"  {'identical' if same else 'DIFFER'}"
+                print(f"{name:<24}{label:<18}{t:>9.2f}{total / t:>10.1f}{ratio:>9.2f}x{tail}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--estimator", default="hrnet", choices=("hrnet", "vitpose"))
@@ -57,8 +140,14 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=16, help="frames per batch in our path")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--detector-min-size", type=int, default=800)
+    ap.add_argument("--engine", action="store_true", help="in-process path vs the engine on a folder (see above)")
+    ap.add_argument("--videos", type=int, default=24, help="--engine: videos in the folder")
+    ap.add_argument("--workers", type=int, default=2, help="--engine: the engine's decode processes")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.engine:
+        bench_engine(args)
+        return
 
     import torch
 

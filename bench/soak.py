@@ -15,6 +15,7 @@ its own. Then it checks what the cache guarantees (pose_extraction/cache.py):
 
     python bench/soak.py                              # 1,000 videos, 5 % corrupt, 2 slots
     python bench/soak.py --videos 200 --kill-max 4    # shorter
+    python bench/soak.py --videos 200 --workers 2     # the pipelined engine (workers die with their process)
 Prints the figures and exits 1 if any check fails.
 """
 
@@ -154,6 +155,7 @@ def main() -> int:
     ap.add_argument("--kill-max", type=float, default=10.0)
     ap.add_argument("--per-video-sleep", type=float, default=0.05, help="stand-in delay per chunk (s)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=1, help="extract --workers: 1 in-process, N >= 2 the engine")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     args = ap.parse_args()
 
@@ -178,6 +180,8 @@ def main() -> int:
         "cpu",
         "--set",
         f"max_failures={len(bad)}",
+        "--workers",
+        str(args.workers),
     ]
     env = dict(os.environ, RSA_EXTRACT_SLEEP=str(args.per_video_sleep))
     events: list = []

@@ -22,6 +22,8 @@ Pose record (one per video, a pickled dict; stage 1 writes it, stage 2 reads it)
                      0.5-0.9: what PYSKL's / MMAction2's `valid_ratio` filter reads; the index
                      builder adds it wherever box_score is present
     estimator        {"name": str, "weights": str, "version": str}
+    detector         {name, weights, sha256, score_threshold, min_area, input_size,
+                     keyframe_interval}: the person detector of a top-down estimator
     schema_version   int               SCHEMA_VERSION when written by this project
     cache            {video, settings, digest}   stage 1's cache key: what the record was made
                      from (pose_extraction/cache.py); a record is reused only when it matches
@@ -292,6 +294,8 @@ def _validate_provenance(rec: Mapping, src: str, *, m: int, t: int, write: bool,
         keys = ("name", "weights", "version")
         if not isinstance(est, Mapping) or any(not isinstance(est.get(k), str) for k in keys):
             raise SchemaError(src, "estimator", "{name, weights, version} as str", _describe(est))
+    if "detector" in rec:
+        _check_detector(rec["detector"], src)
     if "schema_version" in rec:
         sv = rec["schema_version"]
         if not _is_int(sv) or not 1 <= sv <= SCHEMA_VERSION:
@@ -306,6 +310,37 @@ def _check_valid(valid: Any, src: str, *, t: int) -> None:
     )
     if not ok:
         raise SchemaError(src, "valid", f"{{box_thr in (0, 1]: frames in [0, {t}]}}", _describe(valid))
+
+
+# The detector provenance of top-down records (pose_extraction): key -> (expected, check).
+_DETECTOR_FIELDS = {
+    "name": ("a str", lambda v: isinstance(v, str)),
+    "weights": ("a str", lambda v: isinstance(v, str)),
+    "sha256": ("64 hex digits or empty", lambda v: isinstance(v, str) and (v == "" or _is_sha256(v))),
+    "score_threshold": ("a number in [0, 1]", lambda v: _is_number(v) and 0 <= v <= 1),
+    "min_area": ("a number >= 0", lambda v: _is_number(v) and v >= 0),
+    "input_size": ("an int >= 32", lambda v: _is_int(v) and v >= 32),
+    "keyframe_interval": ("an int >= 1", lambda v: _is_int(v) and v >= 1),
+}
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_sha256(v: str) -> bool:
+    return len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+
+
+def _check_detector(det: Any, src: str) -> None:
+    """`detector` {name, weights, sha256, score_threshold, min_area, input_size, keyframe_interval}."""
+    if not isinstance(det, Mapping):
+        raise SchemaError(src, "detector", "a dict of the detector's provenance", _describe(det))
+    for key, (expected, ok) in _DETECTOR_FIELDS.items():
+        if key not in det:
+            raise SchemaError(src, f"detector.{key}", "present", "missing")
+        if not ok(det[key]):
+            raise SchemaError(src, f"detector.{key}", expected, _describe(det[key]))
 
 
 def validate_index(index: Any, *, source: str = "<index>", write: bool = False) -> None:

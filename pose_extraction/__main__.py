@@ -1,12 +1,12 @@
 """`python -m pose_extraction <verb>`: stage 1, videos -> pose records.
 
     extract --estimator E --videos DIR_OR_LIST --out DIR [--shard i/n] [--device D] [--config YAML] [--set k=v]
-            [--no-overwrite] [--retry-failed]
+            [--no-overwrite] [--retry-failed] [--workers N]
     image IMAGE --estimator E [--boxes x1,y1,x2,y2;...] --out OUT.json
     weights E [--from FILE] [--role R] [--path]
     render RECORD VIDEO OUT.mp4
 
-Exit status 0 on success, 1 on a failure (one error line on stderr).
+Exit status 0 on success, 1 on a failure (one error line on stderr), 2 on a bad argument.
 """
 
 from __future__ import annotations
@@ -42,7 +42,13 @@ def _parse_shard(text: str | None) -> tuple[int, int]:
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
+    from pose_extraction.engine import default_workers
     from pose_extraction.video import list_videos
+
+    workers = default_workers() if args.workers is None else args.workers
+    if workers < 1:
+        print(f"error: --workers must be >= 1 (1 = decode in this process), got {workers}", file=sys.stderr)
+        return 2
 
     sets = list(args.set) + [f"estimator={args.estimator}"] + ([f"device={args.device}"] if args.device else [])
     cfg = load_config(PoseConfig, args.config, sets)
@@ -65,6 +71,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         max_failures=cfg.max_failures,
         overwrite=not args.no_overwrite,
         retry_failed=args.retry_failed,
+        workers=workers,
     )
     if args.no_overwrite:
         write_text_if_changed(out / "pose_config.yaml", dump_yaml(extractor.effective_config()))
@@ -164,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
         "instead of extracting them again",
     )
     p.add_argument("--retry-failed", action="store_true", help="extract again the videos listed in failures.jsonl")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="decode processes (default: the CPUs, at most 8); 1 decodes in this process",
+    )
     p.set_defaults(func=_cmd_extract)
 
     p = sub.add_parser("image", help="one image -> keypoints JSON")

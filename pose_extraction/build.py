@@ -16,9 +16,11 @@ from typing import Any
 
 from pipeline.devices import choose_device
 from pose_extraction.estimators import PoseEstimator, build_estimator, get_estimator_class, load_settings
-from pose_extraction.extract import PoseConfig, VideoExtractor
+from pose_extraction.extract import DEFAULT_DETECTOR_INPUT, PoseConfig, VideoExtractor
 
 log = logging.getLogger(__name__)
+
+MAX_SIZE_AT_800 = 1333  # torchvision Faster R-CNN: longer-side cap at min_size 800
 
 
 def resolve_device(name: str) -> str:
@@ -80,6 +82,8 @@ def build_detector_from(cfg: PoseConfig, *, random_if_missing: bool = False, **o
         "score_threshold": d.score_threshold,
         "min_area": d.min_area,
         "batch_size": d.batch_size,
+        "min_size": d.input_size,
+        "max_size": round(MAX_SIZE_AT_800 * d.input_size / DEFAULT_DETECTOR_INPUT),  # torchvision's ratio
     }
     return PersonDetector(**{**kwargs, **options})
 

@@ -7,8 +7,9 @@ A record `OUT/<video_id>.pkl` carries the key it was made with (`record["cache"]
                copies whose modification times were not kept)
     settings   everything that changes the record's content, at its effective value: estimator
                name and version, its weights (file name + SHA-256), its settings file, flip test,
-               reader, extractor version, the detector (weights, thresholds) and the tracking
-               settings (with `max_persons` capped by the estimator, as it is applied).
+               reader, extractor version, the detector (weights, thresholds; input size and
+               keyframe interval only when changed from 800 and 1, so older keys stay valid) and
+               the tracking settings (with `max_persons` capped by the estimator, as it is applied).
                Not in it: device, batch and chunk sizes, failure budget (same content).
     digest     SHA-256 of the two above
 

@@ -191,6 +191,7 @@ class PersonDetector:
         self.weights = None if weights is None else resolve_weights(weights, estimator=estimator)
         self.device, self.batch_size = device, batch_size
         self.score_threshold, self.min_area = float(score_threshold), float(min_area)
+        self.min_size, self.max_size = int(min_size), int(max_size)
         self._torch = _import_torch()
         from torchvision.models.detection import fasterrcnn_resnet50_fpn_v2
 
@@ -233,6 +234,7 @@ class PersonDetector:
             "weights": "" if self.weights is None else self.weights.name,
             "score_threshold": self.score_threshold,
             "min_area": self.min_area,
+            "input_size": self.min_size,
         }
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[Detection]:

@@ -41,6 +41,9 @@ from pose_extraction.tracking import TrackingConfig, track_persons
 log = logging.getLogger(__name__)
 
 EXTRACTOR_VERSION = 1  # bump when the records' meaning changes (Make re-extracts on it)
+DEFAULT_DETECTOR_INPUT = 800  # torchvision Faster R-CNN's min_size
+KEYFRAME_JOINT_SCORE = 0.3  # joints that span a box carried over from the previous frame
+KEYFRAME_BOX_GROWTH = 1.2  # that box, grown about its center (keypoints lie inside a person's box)
 
 
 class NoPersonError(RuntimeError):
@@ -55,6 +58,8 @@ class DetectorConfig:
     min_area: float = 1600.0
     batch_size: int = 8
     weights: str = ""  # empty: the local cache (make weights)
+    input_size: int = DEFAULT_DETECTOR_INPUT  # shorter side the detector resizes frames to
+    keyframe_interval: int = 1  # detect every k-th frame; between, boxes from the last frame's keypoints
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,10 @@ class PoseConfig:
             raise ValueError(f"detector.score_threshold must be in [0, 1], got {d.score_threshold}")
         if d.min_area < 0 or d.batch_size < 1:
             raise ValueError(f"detector: need min_area >= 0 and batch_size >= 1, got {d.min_area}, {d.batch_size}")
+        if d.input_size < 32 or d.keyframe_interval < 1:
+            raise ValueError(
+                f"detector: need input_size >= 32 and keyframe_interval >= 1, got {d.input_size}, {d.keyframe_interval}"
+            )
         if self.tracking.max_persons < 1:
             raise ValueError(f"tracking.max_persons must be >= 1, got {self.tracking.max_persons}")
 
@@ -121,6 +130,7 @@ class VideoExtractor:
         cap = estimator.max_persons  # single-person models (BlazePose): M = 1, whatever the config says
         if cap is not None and self.tracking.max_persons > cap:
             self.tracking = dataclasses.replace(self.tracking, max_persons=cap)
+        self.detector_info = self._detector_info()
         self.settings = self._content_settings()
 
     def _content_settings(self) -> dict:
@@ -144,13 +154,29 @@ class VideoExtractor:
             "tracking": asdict(self.tracking),
         }
         if self.detector is not None:
-            d = self.detector
-            settings["detector"] = {
-                "score_threshold": float(getattr(d, "score_threshold", cfg.detector.score_threshold)),
-                "min_area": float(getattr(d, "min_area", cfg.detector.min_area)),
-                "weights": cache.file_identity(getattr(d, "weights", None)),
-            }
+            settings["detector"] = {k: v for k, v in self.detector_info.items() if k not in ("name", "sha256")}
+            settings["detector"]["weights"] = cache.file_identity(getattr(self.detector, "weights", None))
+            for k, default in (("input_size", DEFAULT_DETECTOR_INPUT), ("keyframe_interval", 1)):
+                if settings["detector"][k] == default:  # at today's value: keys (and records) made before stay valid
+                    del settings["detector"][k]
         return settings
+
+    def _detector_info(self) -> dict | None:
+        """The record's `detector` provenance: name, weights file and SHA-256, thresholds, input size, keyframes."""
+        d, c = self.detector, self.cfg.detector
+        if d is None:
+            return None
+        ident = cache.file_identity(getattr(d, "weights", None))
+        describe = getattr(d, "describe", None)
+        return {
+            "name": describe()["name"] if callable(describe) else type(d).__name__,
+            "weights": ident["name"],
+            "sha256": ident.get("sha256", ""),
+            "score_threshold": float(getattr(d, "score_threshold", c.score_threshold)),
+            "min_area": float(getattr(d, "min_area", c.min_area)),
+            "input_size": int(getattr(d, "min_size", c.input_size)),
+            "keyframe_interval": int(c.keyframe_interval),
+        }
 
     def effective_config(self) -> dict:
         """The config as applied (tracking capped by the estimator), for `OUT/pose_config.yaml`."""
@@ -164,39 +190,85 @@ class VideoExtractor:
         """One video -> a pose record (not yet written)."""
         from pose_extraction.video import open_video
 
-        boxes, box_scores, kps, scores = [], [], [], []
         with open_video(video, backend=self.cfg.reader, chunk_size=self.cfg.chunk_size) as reader:
-            h, w = reader.size
-            fps = reader.fps
+            state = self.start(video, size=reader.size, fps=reader.fps)
             for start, chunk in reader.iter_chunks():
-                frames = list(chunk)
-                if self.detector is not None:
-                    dets = self.detector.detect(frames)
-                    fb = [d[0] for d in dets]
-                    fs = [d[1] for d in dets]
-                    poses = self.estimator.estimate(frames, fb, start_index=start)
-                else:
-                    poses = self.estimator.estimate(frames, None, start_index=start)
-                    fb, fs = [None] * len(frames), [None] * len(frames)
-                for (kp, sc), b, bs in zip(poses, fb, fs):
-                    kps.append(kp)
-                    scores.append(np.clip(sc, 0.0, 1.0))  # heatmap maxima can exceed 1
-                    boxes.append(b)
-                    box_scores.append(bs)
+                self.add_chunk(state, start, chunk)
+        return self.finish(state)
+
+    def start(self, video: Path, *, size: tuple[int, int], fps: float) -> VideoState:
+        """A new video's accumulators; then `add_chunk` for each chunk in order, then `finish`."""
+        return VideoState(video=video, size=(int(size[0]), int(size[1])), fps=float(fps))
+
+    def add_chunk(self, state: VideoState, start: int, chunk: np.ndarray) -> None:
+        """Detect and estimate the frames uint8 [K, H, W, 3] starting at frame `start` of `state`'s video."""
+        frames = list(chunk)
+        if self.detector is not None and self.cfg.detector.keyframe_interval > 1:
+            fb, fs, poses = self._keyframe_chunk(state, start, frames)
+        elif self.detector is not None:
+            dets = self.detector.detect(frames)
+            fb = [d[0] for d in dets]
+            fs = [d[1] for d in dets]
+            poses = self.estimator.estimate(frames, fb, start_index=start)
+        else:
+            poses = self.estimator.estimate(frames, None, start_index=start)
+            fb, fs = [None] * len(frames), [None] * len(frames)
+        for (kp, sc), b, bs in zip(poses, fb, fs):
+            state.kps.append(kp)
+            state.scores.append(np.clip(sc, 0.0, 1.0))  # heatmap maxima can exceed 1
+            state.boxes.append(b)
+            state.box_scores.append(bs)
+
+    def _keyframe_chunk(self, state: VideoState, start: int, frames: list[np.ndarray]) -> tuple[list, list, list]:
+        """Boxes, box scores and poses of a chunk, detecting only every k-th frame of the video.
+
+        Frame t with t % k == 0 gets the detector's boxes; frame t + j (0 < j < k) gets, per person
+        of frame t + j - 1, the box around its joints scored >= KEYFRAME_JOINT_SCORE, grown by
+        KEYFRAME_BOX_GROWTH (a person with fewer than 2 such joints is dropped), with that person's
+        box score. The frames at one offset j share a forward pass.
+        """
+        k, n = self.cfg.detector.keyframe_interval, len(frames)
+        boxes: list = [None] * n
+        box_scores: list = [None] * n
+        poses: list = [None] * n
+        keys = [i for i in range(n) if (start + i) % k == 0]
+        if keys:
+            for i, (b, s) in zip(keys, self.detector.detect([frames[i] for i in keys])):
+                boxes[i], box_scores[i] = b, s
+        for j in range(k):
+            idx = [i for i in range(n) if (start + i) % k == j]
+            if not idx:
+                continue
+            if j:
+                for i in idx:  # frame i - 1 (or the previous chunk's last frame) is done
+                    kp, sc = poses[i - 1] if i else (state.kps[-1], state.scores[-1])
+                    prev_scores = box_scores[i - 1] if i else state.box_scores[-1]
+                    boxes[i], box_scores[i] = boxes_from_keypoints(kp, sc, prev_scores, frames[i].shape[:2])
+            for i, pose in zip(idx, self.estimator.estimate([frames[i] for i in idx], [boxes[i] for i in idx])):
+                poses[i] = pose
+        return boxes, box_scores, poses
+
+    def finish(self, state: VideoState) -> dict:
+        """Track persons over the whole video and build its record (not yet written)."""
+        video, kps, (h, w) = state.video, state.kps, state.size
         has_boxes = self.detector is not None
         if not any(len(k) for k in kps):
             raise NoPersonError(f"no person detected in any of the {len(kps)} frames")
         tracked = track_persons(
-            boxes if has_boxes else None, box_scores if has_boxes else None, kps, scores, cfg=self.tracking
+            state.boxes if has_boxes else None,
+            state.box_scores if has_boxes else None,
+            kps,
+            state.scores,
+            cfg=self.tracking,
         )
         rec = {
             "frame_dir": video.stem,
             "total_frames": len(kps),
-            "img_shape": (int(h), int(w)),
-            "original_shape": (int(h), int(w)),
+            "img_shape": (h, w),
+            "original_shape": (h, w),
             "keypoint": tracked["keypoint"],
             "keypoint_score": tracked["keypoint_score"],
-            "fps": float(fps),
+            "fps": state.fps,
             "person_ids": tracked["person_ids"],
             "estimator": {
                 "name": self.cfg.estimator,
@@ -210,7 +282,49 @@ class VideoExtractor:
         }
         if has_boxes:
             rec["box"], rec["box_score"] = tracked["box"], tracked["box_score"]
+            rec["detector"] = dict(self.detector_info)
         return rec
+
+
+def boxes_from_keypoints(
+    kp: np.ndarray, scores: np.ndarray, box_scores: np.ndarray, image_size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per person, the box (x1, y1, x2, y2) around its confident joints, grown and clipped to the image.
+
+    Args:
+        kp: keypoints [k, V, 2] pixels; scores: [k, V]; box_scores: [k].
+        image_size: (H, W).
+
+    Returns:
+        boxes float32 [k', 4] and their scores float32 [k'] (k' <= k: persons with < 2 confident joints dropped).
+    """
+    h, w = image_size
+    out, kept = [], []
+    for p in range(len(kp)):
+        pts = kp[p][scores[p] >= KEYFRAME_JOINT_SCORE]  # [n, 2]
+        if len(pts) < 2:
+            continue
+        lo, hi = pts.min(axis=0), pts.max(axis=0)
+        center, half = (lo + hi) / 2, np.maximum((hi - lo) * KEYFRAME_BOX_GROWTH / 2, 1.0)
+        x1, y1 = np.maximum(center - half, 0.0)
+        x2, y2 = np.minimum(center + half, (w, h))
+        if x2 > x1 and y2 > y1:
+            out.append((x1, y1, x2, y2))
+            kept.append(box_scores[p])
+    return np.asarray(out, np.float32).reshape(-1, 4), np.asarray(kept, np.float32)
+
+
+@dataclass
+class VideoState:
+    """One video's per-frame detections and poses so far (`VideoExtractor.start`)."""
+
+    video: Path
+    size: tuple[int, int]  # (H, W)
+    fps: float
+    boxes: list = field(default_factory=list)
+    box_scores: list = field(default_factory=list)
+    kps: list = field(default_factory=list)
+    scores: list = field(default_factory=list)
 
 
 def run_extract(
@@ -223,6 +337,7 @@ def run_extract(
     progress: bool = True,
     overwrite: bool = True,
     retry_failed: bool = False,
+    workers: int = 1,
 ) -> dict:
     """Extract `videos` (this shard) into `out`; returns counts.
 
@@ -230,6 +345,8 @@ def run_extract(
         overwrite: re-extract a record made from another video or with other settings; with
             False it is kept, reported (what differs) and the run fails at the end.
         retry_failed: extract again videos that failed before (their marker names the error).
+        workers: decode processes; 1 decodes in this process (a background thread), N >= 2
+            runs the pipelined engine (`pose_extraction/engine.py`), same records.
 
     Raises:
         ValueError: two videos share an id (before any work).
@@ -254,8 +371,19 @@ def run_extract(
         if not isinstance(outcome, str):
             refused.append(outcome[1])
 
-    for video in progress_bar(mine, desc=f"extract {shard[0]}/{shard[1]}", disable=not progress, leave=True):
-        visit(video, wait=False)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if workers > 1 and len(mine) > 1:
+        from pose_extraction.engine import Engine
+
+        engine = Engine(extractor, out, workers=min(workers, len(mine)), overwrite=overwrite, retry_failed=retry_failed)
+        engine.run(mine)
+        counts.update(engine.counts)
+        refused += engine.refused
+        busy += engine.busy
+    else:
+        for video in progress_bar(mine, desc=f"extract {shard[0]}/{shard[1]}", disable=not progress, leave=True):
+            visit(video, wait=False)
     for video in list(busy):  # claimed by another process: wait for it, then take over what it left
         busy.remove(video)
         visit(video, wait=True)
@@ -291,44 +419,97 @@ def _extract_one(
 ) -> str | tuple[str, str]:
     """One video under its claim: "extracted", "skipped", "skipped_failed", "done_by_other", "failed",
     "busy" (claimed by another process, wait=False), or ("refused", what differs)."""
+    outcome, job = begin_video(extractor, video, out, overwrite=overwrite, retry_failed=retry_failed, wait=wait)
+    if job is None:
+        return outcome
+    try:
+        try:
+            rec = extractor.extract(video)
+        except Exception as exc:  # one bad video must not stop the others: logged, counted, reported
+            return job.fail(exc)
+        return job.write(rec)
+    finally:
+        job.release()
+
+
+class VideoJob:
+    """A claimed video on its way to a record: `write(rec)` or `fail(exc)`, then `release()`."""
+
+    def __init__(self, video: Path, out: Path, key: dict, claim: Any) -> None:
+        self.video, self.out, self.key, self._claim = video, out, key, claim
+        self.dest = out / f"{video.stem}.pkl"
+        self.t0 = time.perf_counter()
+
+    def write(self, rec: dict) -> str:
+        """Write the record (atomic); a failure to write it becomes the video's failure."""
+        try:
+            rec["cache"] = self.key
+            write_record(rec, self.dest)
+        except Exception as exc:  # noqa: BLE001 -- as fail(): logged, counted, reported
+            return self.fail(exc)
+        log.info(
+            "%s: %d frames, %d persons kept, %.1f s",
+            self.video.name,
+            rec["total_frames"],
+            rec["keypoint"].shape[0],
+            time.perf_counter() - self.t0,
+        )
+        return "extracted"
+
+    def fail(self, exc: BaseException) -> str:
+        """Log the error and write the failure marker; re-raise an unwritable output folder."""
+        if isinstance(exc, OSError) and exc.filename == str(self.dest):
+            raise exc  # the output folder itself is unwritable: every video would fail the same way
+        log.error("%s: %s", self.video, exc)
+        log.debug("%s", "".join(traceback.format_exception(exc)))
+        cache.write_failure(
+            self.out,
+            self.video.stem,
+            {
+                "video": str(self.video),
+                "error": getattr(exc, "description", f"{type(exc).__name__}: {exc}"),
+                "key": self.key,
+            },
+        )
+        return "failed"
+
+    def release(self) -> None:
+        """Give up the claim (idempotent)."""
+        if self._claim is not None:
+            self._claim.__exit__(None, None, None)
+            self._claim = None
+
+
+def begin_video(
+    extractor: VideoExtractor, video: Path, out: Path, *, overwrite: bool, retry_failed: bool, wait: bool
+) -> tuple[str | tuple[str, str] | None, VideoJob | None]:
+    """Check the cache and take the video's claim: (outcome, None) when there is nothing to do
+    (outcomes as `_extract_one`'s), else (None, the claimed job)."""
     dest = out / f"{video.stem}.pkl"
     key = extractor.key_for(video)
     first, _ = _state(out, dest, video, key, overwrite=overwrite, retry_failed=retry_failed)
     if first is not None:
-        return first
-    with cache.claim(out, video.stem, wait=wait) as mine:
-        if not mine:
-            return "busy"
+        return first, None
+    claim = cache.claim(out, video.stem, wait=wait)
+    if not claim.__enter__():
+        claim.__exit__(None, None, None)
+        return "busy", None
+    job = VideoJob(video, out, key, claim)
+    try:
         again, old = _state(out, dest, video, key, overwrite=overwrite, retry_failed=retry_failed)
         if again is not None:  # finished by another process while we were looking
-            return "done_by_other" if again in ("skipped", "skipped_failed") else again
+            job.release()
+            return ("done_by_other" if again in ("skipped", "skipped_failed") else again), None
         if old is not None:
             log.info("%s: re-extracting, the record differs: %s", video.name, cache.differences(old.get("cache"), key))
             dest.unlink()  # stale: never left beside a video it does not describe
         cache.clear_failure(out, video.stem)
-        log.info("%s: extracting", video.name)
-        t0 = time.perf_counter()
-        try:
-            rec = extractor.extract(video)
-            rec["cache"] = key
-            write_record(rec, dest)
-        except Exception as exc:  # one bad video must not stop the others: logged, counted, reported
-            if isinstance(exc, OSError) and exc.filename == str(dest):
-                raise  # the output folder itself is unwritable: every video would fail the same way
-            log.error("%s: %s", video, exc)
-            log.debug("%s", traceback.format_exc())
-            cache.write_failure(
-                out, video.stem, {"video": str(video), "error": f"{type(exc).__name__}: {exc}", "key": key}
-            )
-            return "failed"
-        log.info(
-            "%s: %d frames, %d persons kept, %.1f s",
-            video.name,
-            rec["total_frames"],
-            rec["keypoint"].shape[0],
-            time.perf_counter() - t0,
-        )
-        return "extracted"
+    except BaseException:
+        job.release()
+        raise
+    log.info("%s: extracting", video.name)
+    job.t0 = time.perf_counter()
+    return None, job
 
 
 def _state(

@@ -489,3 +489,24 @@ def test_written_pickles_name_only_numpy_core_globals(tmp_path):
             loaded = Numpy1Unpickler(io.BytesIO(data)).load()
         assert schema.load_pickle(path).keys() == loaded.keys()
     np.testing.assert_array_equal(schema.read_record(tmp_path / "r.pkl")["keypoint"], rec["keypoint"])
+
+
+def test_detector_provenance_is_validated():
+    """Top-down records say which detector, weights and thresholds found their persons; each field is checked."""
+    from tests.helpers import make_record
+
+    det = {
+        "name": "fasterrcnn_resnet50_fpn_v2",
+        "weights": "fasterrcnn.pth",
+        "sha256": "a" * 64,
+        "score_threshold": 0.5,
+        "min_area": 0.0,
+        "input_size": 800,
+        "keyframe_interval": 1,
+    }
+    schema.validate_record({**make_record(), "detector": det}, write=True)
+    for key, bad in [("sha256", "xyz"), ("score_threshold", 1.5), ("input_size", 8), ("keyframe_interval", 0)]:
+        with pytest.raises(schema.SchemaError, match=f"detector.{key}"):
+            schema.validate_record({**make_record(), "detector": {**det, key: bad}})
+    with pytest.raises(schema.SchemaError, match="detector.min_area: expected present"):
+        schema.validate_record({**make_record(), "detector": {k: v for k, v in det.items() if k != "min_area"}})

@@ -1,0 +1,293 @@
+"""The pipelined extraction engine behind `extract --workers N` (N >= 2): decode in N processes,
+run the models in this one.
+
+    worker processes (spawn)          main process
+    open + decode a video, chunk by   claims, cache checks; per received chunk: detector +
+    chunk, sent over its own pipe --> estimator (`VideoExtractor.add_chunk`, the device loop);
+                                      per finished video: tracking + record writing in a thread
+
+Each worker decodes one video at a time and sends `chunk_size`-frame chunks over its own pipe;
+a pipe holds one chunk at most, so memory is bounded by N x (the reader's read-ahead + 2)
+chunks, whatever the videos' lengths or count. The models see the same chunks, in the same
+order per video, as in the in-process path (`VideoExtractor.extract`), so the records are the
+same (bit for bit on the CPU). Batching is per chunk, as in the in-process path: chunks of
+different videos are not merged into one forward.
+
+Claims (`OUT/.claims/`), the cache checks, failure markers and counts are the in-process path's
+(`extract.begin_video` / `VideoJob`), held by this process. A worker that dies (killed, out of
+memory) takes only its own pipe with it: its video is started again once in a new worker, and
+fails with a clear error ("decode worker died") if that one dies too. Decoding errors (a corrupt
+file, a mid-video frame size change) fail that video only.
+
+The spawn start method (not fork): the main process holds torch, CUDA and threads, none of
+which survive a fork; workers import only the video readers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import os
+import signal
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MAX_WORKERS = 8
+WORKER_NICENESS = 5
+_DIE_ENV = "RSA_EXTRACT_WORKER_DIE"  # tests: "<video stem>" (every attempt) or "<stem>@once"
+
+
+class WorkerDiedError(RuntimeError):
+    """A decode worker process ended while decoding the video (twice: the video is given up)."""
+
+
+def default_workers() -> int:
+    """This rank's share of the machine's CPUs (torchrun ranks share them) less one for the device loop, capped at
+    `MAX_WORKERS`; below 2 that is 1, today's in-process path (on 2 cores the engine measured slower, bench/extract.py)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_rank = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    spare = min(MAX_WORKERS, per_rank - 1)
+    return spare if spare >= 2 else 1
+
+
+# --- worker side ------------------------------------------------------------------------------
+
+
+def _decode_worker(conn: Connection, reader: str, chunk_size: int) -> None:
+    """Worker process: receive (job id, path, attempt), send ("meta", id, size, fps), per chunk
+    ("chunk", id, start, shape) and its frames' bytes, then ("end", id) or ("error", id, type name,
+    message); None ends the worker."""
+    # One decoding thread per worker (the workers are the parallelism), at a lower priority than
+    # the device loop: on a CPU-bound box the models' threads are not preempted by read-ahead.
+    os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "threads;1")
+    os.nice(WORKER_NICENESS)
+    from pose_extraction.video import open_video
+
+    with contextlib.suppress(ImportError):  # a PyAV- or decord-only environment
+        import cv2
+
+        cv2.setNumThreads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    die = os.environ.get(_DIE_ENV, "")
+    try:
+        while (job := conn.recv()) is not None:
+            jid, path, attempt = job
+            try:
+                with open_video(path, backend=reader, chunk_size=chunk_size) as video:
+                    conn.send(("meta", jid, video.size, video.fps))
+                    for start, chunk in video.iter_chunks():
+                        conn.send(("chunk", jid, start, chunk.shape))
+                        conn.send_bytes(np.ascontiguousarray(chunk).reshape(-1).data)  # no pickle copy
+                        if die in (Path(path).stem, f"{Path(path).stem}@once" if attempt == 0 else None):
+                            os.kill(os.getpid(), signal.SIGKILL)
+                conn.send(("end", jid))
+            except Exception as exc:  # noqa: BLE001 -- the video's failure, reported by the main process
+                conn.send(("error", jid, type(exc).__name__, str(exc)))
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        pass  # the main process is gone: so is the work
+
+
+# --- main side --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Worker:
+    process: Any
+    conn: Connection
+    job: int | None = None  # the job id it is decoding
+
+
+@dataclass
+class _Active:
+    job: Any  # extract.VideoJob
+    attempt: int = 0
+    state: Any = None  # extract.VideoState once "meta" arrived
+    error: BaseException | None = None
+
+
+class Engine:
+    """Decode workers plus the in-process device loop; `run(videos)` extracts them (this shard)."""
+
+    def __init__(self, extractor: Any, out: Path, *, workers: int, overwrite: bool, retry_failed: bool) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.extractor, self.out, self.n = extractor, out, workers
+        self.overwrite, self.retry_failed = overwrite, retry_failed
+        self.ctx = mp.get_context("spawn")
+        self.workers: list[_Worker] = []
+        self.active: dict[int, _Active] = {}
+        self.queue: list[tuple[int, int]] = []  # (job id, attempt) waiting for a worker
+        self.finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finish")
+        self.finishing: list[Future] = []
+        self.counts: Counter = Counter()
+        self.refused: list[str] = []
+        self.busy: list[Path] = []
+
+    def run(self, videos: list[Path]) -> None:
+        """Extract `videos`; counts, refused and busy (claimed elsewhere) videos are left on `self`."""
+        from pose_extraction.extract import begin_video
+
+        try:
+            todo = iter(videos)
+            next_id = 0
+            for _ in range(self.n):
+                self.workers.append(self._spawn())
+            while True:
+                while len(self.active) < 2 * self.n:  # a claimed video per worker, and one waiting each
+                    video = next(todo, None)
+                    if video is None:
+                        break
+                    outcome, job = begin_video(
+                        self.extractor,
+                        video,
+                        self.out,
+                        overwrite=self.overwrite,
+                        retry_failed=self.retry_failed,
+                        wait=False,
+                    )
+                    if job is None:
+                        self._count(outcome, video)
+                        continue
+                    self.active[next_id] = _Active(job)
+                    self.queue.append((next_id, 0))
+                    next_id += 1
+                self._dispatch()
+                if not self.active:
+                    break
+                self._step()
+            for f in self.finishing:
+                self.counts[f.result()] += 1
+        finally:
+            self._shutdown()
+
+    def _count(self, outcome: Any, video: Path) -> None:
+        if outcome == "busy":
+            self.busy.append(video)
+        elif isinstance(outcome, str):
+            self.counts[outcome] += 1
+        else:
+            self.counts["refused"] += 1
+            self.refused.append(outcome[1])
+
+    def _spawn(self) -> _Worker:
+        ours, theirs = self.ctx.Pipe(duplex=True)
+        cfg = self.extractor.cfg
+        p = self.ctx.Process(target=_decode_worker, args=(theirs, cfg.reader, cfg.chunk_size), daemon=True)
+        p.start()
+        theirs.close()
+        return _Worker(p, ours)
+
+    def _dispatch(self) -> None:
+        for w in self.workers:
+            if w.job is None and self.queue:
+                jid, attempt = self.queue.pop(0)
+                self.active[jid].attempt = attempt
+                w.job = jid
+                w.conn.send((jid, str(self.active[jid].job.video), attempt))
+
+    def _step(self) -> None:
+        """Handle every message (or worker death) that is ready."""
+        by_conn = {w.conn: w for w in self.workers}
+        by_sentinel = {w.process.sentinel: w for w in self.workers}
+        ready = wait([*by_conn, *by_sentinel], timeout=1.0)
+        for r in ready:
+            w = by_conn.get(r)
+            if w is not None:
+                try:
+                    msg = w.conn.recv()
+                    if msg[0] == "chunk":  # the frames follow, read straight into their array
+                        frames = np.empty(msg[3], np.uint8)  # [K, H, W, 3]
+                        w.conn.recv_bytes_into(frames.reshape(-1))
+                        msg = (*msg[:3], frames)
+                except (EOFError, OSError):
+                    continue  # it died: its sentinel says so
+                self._handle(w, msg)
+        for r in ready:
+            w = by_sentinel.get(r)
+            if w is not None and w in self.workers:
+                self._replace(w)
+
+    def _handle(self, w: _Worker, msg: tuple) -> None:
+        kind, jid = msg[0], msg[1]
+        a = self.active[jid]
+        if kind == "meta":
+            a.state = self.extractor.start(a.job.video, size=msg[2], fps=msg[3])
+        elif kind == "chunk":
+            if a.error is None:
+                try:
+                    self.extractor.add_chunk(a.state, msg[2], msg[3])  # the device loop
+                except Exception as exc:  # noqa: BLE001 -- this video's failure
+                    a.error = exc
+        else:
+            w.job = None
+            del self.active[jid]
+            if kind == "error":
+                a.error = a.error or DecodeError(msg[2], msg[3])
+            self.finishing.append(self.finisher.submit(self._finish, a))
+            for f in self.finishing:
+                if f.done():
+                    f.result()  # an unwritable output folder stops the run here
+
+    def _finish(self, a: _Active) -> str:
+        """Off the device loop: tracking, the record write (or the failure marker), the claim."""
+        try:
+            if a.error is not None:
+                return a.job.fail(a.error)
+            try:
+                rec = self.extractor.finish(a.state)
+            except Exception as exc:  # noqa: BLE001 -- as in the in-process path
+                return a.job.fail(exc)
+            return a.job.write(rec)
+        finally:
+            a.job.release()
+
+    def _replace(self, w: _Worker) -> None:
+        """A worker died: start another; retry its video once, then fail it."""
+        w.process.join()
+        code = w.process.exitcode
+        w.conn.close()
+        self.workers[self.workers.index(w)] = self._spawn()
+        if w.job is None:
+            return
+        a = self.active[w.job]
+        if a.attempt == 0:
+            log.warning("%s: decode worker died (exit code %s); starting the video again", a.job.video.name, code)
+            a.state, a.error = None, None
+            self.queue.insert(0, (w.job, 1))
+            return
+        del self.active[w.job]
+        a.error = WorkerDiedError(f"decode worker died twice while reading the video (exit code {code})")
+        self.finishing.append(self.finisher.submit(self._finish, a))
+
+    def _shutdown(self) -> None:
+        for w in self.workers:
+            try:
+                w.conn.send(None)
+            except OSError:
+                pass
+        for w in self.workers:
+            w.process.join(timeout=5)
+            if w.process.is_alive():
+                w.process.kill()
+                w.process.join()
+            w.conn.close()
+        self.finisher.shutdown(wait=True)
+        for a in self.active.values():  # left by an exception: give the claims back
+            a.job.release()
+
+
+class DecodeError(RuntimeError):
+    """A worker's error reading a video; `description` names the worker's exception type."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(message)
+        self.description = f"{type_name}: {message}"
