@@ -31,6 +31,7 @@ import multiprocessing as mp
 import os
 import signal
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -117,10 +118,20 @@ class _Active:
 class Engine:
     """Decode workers plus the in-process device loop; `run(videos)` extracts them (this shard)."""
 
-    def __init__(self, extractor: Any, out: Path, *, workers: int, overwrite: bool, retry_failed: bool) -> None:
+    def __init__(
+        self,
+        extractor: Any,
+        out: Path,
+        *,
+        workers: int,
+        overwrite: bool,
+        retry_failed: bool,
+        begin_video: Callable[..., Any],
+    ) -> None:
+        """`begin_video` is `pose_extraction.extract.begin_video` (passed in: extract imports this module)."""
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
-        self.extractor, self.out, self.n = extractor, out, workers
+        self.extractor, self.out, self.n, self.begin_video = extractor, out, workers, begin_video
         self.overwrite, self.retry_failed = overwrite, retry_failed
         self.ctx = mp.get_context("spawn")
         self.workers: list[_Worker] = []
@@ -134,8 +145,7 @@ class Engine:
 
     def run(self, videos: list[Path]) -> None:
         """Extract `videos`; counts, refused and busy (claimed elsewhere) videos are left on `self`."""
-        from pose_extraction.extract import begin_video
-
+        begin_video = self.begin_video
         try:
             todo = iter(videos)
             next_id = 0

@@ -376,7 +376,10 @@ def run_extract(
     if workers > 1 and len(mine) > 1:
         from pose_extraction.engine import Engine
 
-        engine = Engine(extractor, out, workers=min(workers, len(mine)), overwrite=overwrite, retry_failed=retry_failed)
+        n = min(workers, len(mine))
+        engine = Engine(
+            extractor, out, workers=n, overwrite=overwrite, retry_failed=retry_failed, begin_video=begin_video
+        )
         engine.run(mine)
         counts.update(engine.counts)
         refused += engine.refused

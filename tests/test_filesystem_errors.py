@@ -68,7 +68,17 @@ def argv_for(command: str, inputs: dict, out: Path) -> list[str]:
             "cpu",
         ]
     if command == "index":
-        return ["pipeline", "index", "--poses", str(inputs["poses"]), "--dataset", "ntu60", "--out", str(out / "i.pkl")]
+        return [
+            "pipeline",
+            "index",
+            "--poses",
+            str(inputs["poses"]),
+            "--dataset",
+            "ntu60",
+            "--keep-missing-skeletons",
+            "--out",
+            str(out / "i.pkl"),
+        ]
     if command == "train":
         sets = [x for s in TINY for x in ("--set", s)]
         return [
