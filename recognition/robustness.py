@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from pipeline import store
 from pipeline.atomic import atomic_write_bytes, atomic_write_text, write_text_if_changed
 from pipeline.config import to_dict
 from pipeline.progress import progress
-from pipeline.schema import read_index
 from recognition import perturb
 from recognition.checkpoint import build_model_from_checkpoint, read_checkpoint
 from recognition.config import TrainConfig
@@ -40,7 +40,6 @@ from recognition.data import SkeletonDataset, label_names_of, split_frame_dirs
 from recognition.evaluate import eval_config
 from recognition.perturb import PERTURBATIONS, PerturbationSpec
 from recognition.preprocess import preprocess_clip
-from recognition.runtime import autocast_for
 
 log = logging.getLogger(__name__)
 
@@ -163,11 +162,11 @@ class DataContext:
 
     def __init__(self, path: str | Path, *, split: str, cache: ResultCache) -> None:
         self.path, self.split = Path(path), split
-        self.digest = cache.file_digest(self.path)
+        self.digest = cache.file_digest(store.content_file(self.path))
 
     @functools.cached_property
-    def index(self) -> dict:
-        return read_index(self.path)
+    def index(self) -> store.Dataset:
+        return store.open_dataset(self.path)
 
     @property
     def name(self) -> str:
@@ -249,8 +248,7 @@ def make_base_dataset(run: RunContext, data: DataContext, frame_dirs: list[str])
 def _forward(run: RunContext, x: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits [N, C] float32 cpu, features [N, H] float32 cpu) of a batch, plain (fused attention) path."""
     x = torch.as_tensor(x).to(run.device)
-    with autocast_for(run.device):
-        out = run.model(x)
+    out = run.model(x)  # float32 on every device (docs/method.md §7.4)
     return out.logits.float().cpu(), out.features.float().cpu()
 
 
@@ -265,9 +263,8 @@ def token_saliency(run: RunContext, x: torch.Tensor, layers: list[int]) -> dict[
     backbone = run.model.backbone
     layers = sorted({layer % backbone.attention_layers for layer in layers})
     x = x.to(run.device).reshape(N * M, T, V, C)  # [N, M, T, V, C] -> [B, T, V, C]
-    with autocast_for(run.device):
-        attn = backbone.layer_attention(x, layers)
-        act = [backbone.token_activation(a).reshape(N, M, T, V) for a in attn]  # [B, T, V] -> [N, M, T, V]
+    attn = backbone.layer_attention(x, layers)  # float32 on every device
+    act = [backbone.token_activation(a).reshape(N, M, T, V) for a in attn]  # [B, T, V] -> [N, M, T, V]
     return {layer: a.float().cpu().numpy() for layer, a in zip(layers, act)}
 
 
