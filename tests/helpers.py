@@ -51,3 +51,27 @@ def make_index(n: int = 6, *, num_classes: int = 3, T: int = 16, seed: int = 0) 
         "xview_val": names[:half],
     }
     return {"split": split, "annotations": anns}
+
+
+def load_as_numpy1(path) -> object:
+    """Assert that the pickle at `path` names only `numpy.core.*` numpy globals (which numpy 1.x and 2.x both import)
+    and load it with an unpickler that refuses numpy 2's `numpy._core` names, as numpy 1 would."""
+    import io
+    import pickle
+    import pickletools
+    import warnings
+    from pathlib import Path
+
+    data = Path(path).read_bytes()
+    names = {a for op, a, _ in pickletools.genops(data) if isinstance(a, str) and a.startswith("numpy")}
+    names |= {a.split()[0] for op, a, _ in pickletools.genops(data) if op.name == "GLOBAL"}
+    assert names and all(n == "numpy" or n.startswith("numpy.core.") for n in names), names
+
+    class Numpy1Unpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            assert not module.startswith("numpy._core"), module
+            return super().find_class(module, name)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # numpy 2's numpy.core shim
+        return Numpy1Unpickler(io.BytesIO(data)).load()

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import errno
-import io
 import json
 import os
 import pickle
-import pickletools
 import signal
 import subprocess
 import sys
@@ -22,7 +20,7 @@ import pytest
 from pipeline import schema, store
 from pipeline.__main__ import main
 from pipeline.store import StoreError, open_dataset, pack
-from tests.helpers import make_index
+from tests.helpers import load_as_numpy1, make_index
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -299,21 +297,7 @@ def test_metadata_pickles_name_only_numpy_core_globals(tmp_path):
     out = tmp_path / "x.store"
     pack(ours_index(), out)
     for path in (out / store.META, out / store.EXTRAS):
-        data = path.read_bytes()
-        names = {a for op, a, _ in pickletools.genops(data) if isinstance(a, str) and a.startswith("numpy")}
-        names |= {a.split()[0] for op, a, _ in pickletools.genops(data) if op.name == "GLOBAL"}
-        assert names and all(n == "numpy" or n.startswith("numpy.core.") for n in names), names
-
-        class Numpy1Unpickler(pickle.Unpickler):
-            def find_class(self, module, name):
-                assert not module.startswith("numpy._core"), module
-                return super().find_class(module, name)
-
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # numpy 2's numpy.core shim
-            assert Numpy1Unpickler(io.BytesIO(data)).load().keys() == schema.load_pickle(path).keys()
+        assert load_as_numpy1(path).keys() == schema.load_pickle(path).keys()
 
 
 def test_split_naming_an_absent_clip(tmp_path):
