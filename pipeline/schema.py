@@ -343,6 +343,19 @@ def _check_detector(det: Any, src: str) -> None:
             raise SchemaError(src, f"detector.{key}", expected, _describe(det[key]))
 
 
+def _validate_annotation(rec: Any, i: int, source: str, names, *, write: bool, checked: set) -> None:
+    """Annotation `i` of an index: a labelled record whose label indexes `names` (when the index has them)."""
+    where = f"{source} annotations[{i}]"
+    _validate_record(rec, where, write=write, require_label=True, checked=checked)
+    if names is not None and rec["label"] >= len(names):
+        raise SchemaError(
+            f"{where} [{_clip(rec['frame_dir'], 80)}]",
+            "label",
+            f"an index into label_names (< {len(names)})",
+            _describe(rec["label"]),
+        )
+
+
 def validate_index(index: Any, *, source: str = "<index>", write: bool = False) -> None:
     """Check a dataset index: `split` + labelled `annotations`, splits naming existing clips.
 
@@ -365,15 +378,7 @@ def validate_index(index: Any, *, source: str = "<index>", write: bool = False) 
         raise SchemaError(source, "label_names", "a list of class names (str)", _describe(names))
     checked: set = set()
     for i, rec in enumerate(anns):
-        where = f"{source} annotations[{i}]"
-        _validate_record(rec, where, write=write, require_label=True, checked=checked)
-        if names is not None and rec["label"] >= len(names):
-            raise SchemaError(
-                f"{where} [{_clip(rec['frame_dir'], 80)}]",
-                "label",
-                f"an index into label_names (< {len(names)})",
-                _describe(rec["label"]),
-            )
+        _validate_annotation(rec, i, source, names, write=write, checked=checked)
     validate_split(split, [rec["frame_dir"] for rec in anns], source=source)
 
 
@@ -624,15 +629,7 @@ def _checked(pairs: Iterator[tuple[int, dict]], source: str, label_names, *, val
         except pyskl.LayoutError as exc:
             raise _from_layout(exc) from None
         if validate:
-            where = f"{source} annotations[{i}]"
-            _validate_record(rec, where, write=False, require_label=True, checked=checked)
-            if label_names is not None and rec["label"] >= len(label_names):
-                raise SchemaError(
-                    f"{where} [{_clip(rec['frame_dir'], 80)}]",
-                    "label",
-                    f"an index into label_names (< {len(label_names)})",
-                    _describe(rec["label"]),
-                )
+            _validate_annotation(rec, i, source, label_names, write=False, checked=checked)
         yield rec
 
 

@@ -19,13 +19,11 @@ from recognition.config import TrainConfig, resolve
 from recognition.data import SkeletonDataset, label_names_of, make_dataset, split_frame_dirs
 from recognition.preprocess import PreprocessOptions, faithful_options
 from tests.helpers import make_index
+from tests.recognition.test_train_eval import TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
-    "model.preset=tiny",
-    "model.hidden_dim=32",
-    "model.maxlen=16",
-    "data.clip_len=16",
+    *TINY_MODEL,
     "optim.batch_size=5",
     "optim.epochs=2",
     "optim.skip_bad=true",

@@ -25,11 +25,9 @@ from tests.recognition.reference_motionbert import reference_action_logits
 from tests.recognition.reference_preprocess import reference_test_clip
 
 REPO = Path(__file__).resolve().parents[2]
+TINY_MODEL = ["model.preset=tiny", "model.hidden_dim=32", "model.maxlen=16", "data.clip_len=16"]  # 16 frames
 TINY = [
-    "model.preset=tiny",
-    "model.hidden_dim=32",
-    "model.maxlen=16",
-    "data.clip_len=16",
+    *TINY_MODEL,
     "optim.batch_size=8",
     "optim.lr_backbone=1e-3",
     "optim.lr_head=1e-3",
