@@ -14,7 +14,9 @@ Where each one plugs into the preprocessing of docs/method.md §2 (`Perturbation
   `perturb_pixels`, which maps pixels to that space, applies it and maps back, so `preprocess_clip` then sees the
   perturbed clip.
 - "model": model-input space [M, T, V, 3] (channels x, y, conf), i.e. after `crop_scale`: shifted joints (§8(c)),
-  targeted and random masking (§8(d)), RISE deletion/insertion (§8(e)).
+  targeted and random masking (§8(d)), RISE deletion/insertion (§8(e)). Masks and deletion units cover real persons
+  only (`real_persons`: a slot with any non-zero confidence): the padded (absent) second person, which `crop_scale`
+  moves to non-zero coordinates, is never zeroed, so masking a one-person clip leaves its padded slot as it is.
 
 Axis letters: M persons, T frames, V joints, C channels.
 """
@@ -22,7 +24,7 @@ Axis letters: M persons, T frames, V joints, C channels.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -35,12 +37,14 @@ __all__ = [
     "gaussian_noise",
     "spatial_noise",
     "perturb_pixels",
+    "real_persons",
     "shift_joints",
     "top_k_joint_mask",
     "random_joint_mask",
     "zero_tokens",
     "token_ranks",
     "first_units_mask",
+    "real_token_mask",
 ]
 
 
@@ -88,16 +92,32 @@ def perturb_pixels(
     return (np.asarray(xy, dtype=np.float64) + 1.0) / 2.0 * side
 
 
-def shift_joints(x: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """docs/method.md §8(c): move k random joints to random points in each frame's skeleton box (model-input space).
+def real_persons(x: np.ndarray) -> np.ndarray:
+    """The person slots of model input x [..., M, T, V, 3] that hold a person: any non-zero confidence -> [..., M].
 
-    The k distinct joints are drawn once per clip (the same joints for every person); in every frame each of them gets
-    a new (x, y) drawn uniformly in that person's bounding box over its valid joints (conf > 0) of that frame, computed
-    before any joint moves. conf is kept. Person-frames without a valid joint (the padded person) are left alone.
+    The padded (absent) second person of a one-person clip has confidence 0 everywhere (docs/method.md §2 step 6).
+    """
+    return (x[..., 2] != 0).any(axis=(-1, -2))
+
+
+def shift_joints(
+    x: np.ndarray, k: int, rng: np.random.Generator, *, hold: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """docs/method.md §8(c): move k random joints to random points of the skeleton's box (model-input space).
+
+    The k distinct joints are drawn once per clip (the same joints for every person). Two readings of the seed:
+    - `hold=False` (re-drawn, jitter): in every frame each of them gets a new (x, y) drawn uniformly in that
+      person's bounding box over its valid joints (conf > 0) of that frame;
+    - `hold=True` (drawn once and held, a joint stuck at a wrong place): each of them gets one (x, y) per person,
+      drawn uniformly in that person's bounding box over its valid joints of the whole clip, and keeps it in every
+      frame.
+    Boxes are computed before any joint moves; conf is kept. Person-frames without a valid joint (the padded person)
+    are left alone.
 
     Args:
         x: [M, T, V, 3] model input (after `crop_scale`).
         k: number of joints to move, 0 <= k <= V.
+        hold: the held variant instead of the re-drawn one.
 
     Returns:
         (shifted copy [M, T, V, 3], the moved joint indices [k]).
@@ -111,11 +131,16 @@ def shift_joints(x: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.nd
         return out, joints
     valid = x[..., 2] > 0  # [M, T, V]
     has = valid.any(axis=2)  # [M, T] person-frames with a box
-    lo = np.where(valid[..., None], x[..., :2], np.inf).min(axis=2)  # [M, T, 2] box corner (x_min, y_min)
-    hi = np.where(valid[..., None], x[..., :2], -np.inf).max(axis=2)  # [M, T, 2] (x_max, y_max)
-    lo, hi = np.where(has[..., None], lo, 0.0), np.where(has[..., None], hi, 0.0)  # no box: unused, finite
-    u = rng.random((m, t, k, 2))  # [M, T, k, 2] uniform in [0, 1)
-    new = lo[:, :, None] + u * (hi - lo)[:, :, None]  # [M, T, k, 2]
+    box_axes = (1, 2) if hold else 2  # the clip's box per person, or each frame's
+    lo = np.where(valid[..., None], x[..., :2], np.inf).min(axis=box_axes)  # [M, (T,) 2] corner (x_min, y_min)
+    hi = np.where(valid[..., None], x[..., :2], -np.inf).max(axis=box_axes)  # [M, (T,) 2] (x_max, y_max)
+    if hold:
+        lo, hi = lo[:, None], hi[:, None]  # [M, 1, 2]: one box for every frame
+    box = has.any(axis=1, keepdims=True) if hold else has  # [M, 1] or [M, T]
+    lo, hi = np.where(box[..., None], lo, 0.0), np.where(box[..., None], hi, 0.0)  # no box: unused, finite
+    u = rng.random((m, 1 if hold else t, k, 2))  # [M, 1 or T, k, 2] uniform in [0, 1)
+    new = lo[:, :, None] + u * (hi - lo)[:, :, None]  # [M, 1 or T, k, 2]
+    new = np.broadcast_to(new, (m, t, k, 2))  # held: the same point in every frame
     sel = out[:, :, joints, :2]  # [M, T, k, 2]
     out[:, :, joints, :2] = np.where(has[:, :, None, None], new, sel).astype(x.dtype)
     return out, joints
@@ -145,6 +170,11 @@ def random_joint_mask(shape: tuple[int, ...], k: int, rng: np.random.Generator) 
     return top_k_joint_mask(rng.random(shape), k)
 
 
+def real_token_mask(mask: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """mask [M, T, V] restricted to the real persons of x [M, T, V, 3] (`real_persons`): the padded one never enters."""
+    return mask & real_persons(x)[:, None, None]
+
+
 def zero_tokens(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """x [..., V, C] with every channel (x, y, conf) of the masked tokens [..., V] set to 0 (a copy)."""
     return np.where(mask[..., None], 0, x).astype(x.dtype, copy=False)
@@ -158,7 +188,8 @@ def token_ranks(saliency: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np
         valid: [N, M, T, V] bool, the tokens that count as units; the others rank last and are never selected.
 
     Returns:
-        (ranks [N, M, T, V] int64 with 0 = most salient, units [N] = number of valid tokens per clip).
+        (ranks [N, M, T, V] int64 with 0 = most salient, units [N] = number of valid tokens per clip). The ranking of a
+        clip depends on that clip alone, so its curve is the same in any batch.
     """
     n = saliency.shape[0]
     flat = np.where(valid, saliency, -np.inf).reshape(n, -1)  # [N, M·T·V]
@@ -191,6 +222,8 @@ class ReportSweep:
         title: the figure's title.
         categorical: evenly spaced x ticks labelled with the values (else a numeric x axis).
         with_identity: the identity value (the clean evaluation) is added to the grid.
+        variant: the label of this perturbation in a section that several perturbations share (the first one's
+            heading, text, grid and axes are the section's); "" when it is the only one.
     """
 
     section: str
@@ -202,6 +235,7 @@ class ReportSweep:
     title: str
     categorical: bool
     with_identity: bool = False
+    variant: str = ""
 
 
 @dataclass(frozen=True)
@@ -213,7 +247,8 @@ class PerturbationSpec:
         apply: the function; how it is called depends on the space:
             - screen: `apply(xy [M, T, V, 2], value, rng, *, per_person) -> xy`, through `perturb_pixels`;
             - model: `apply(x [M, T, V, 3], value, rng, saliency [M, T, V] | None) -> x` on one clip, then one forward;
-            - model with `curve`: `apply(x [..., V, 3], first [..., V]) -> x` at each step, `first` = the tokens
+            - model with `curve`: `apply(x [..., V, 3], first [..., V], units [..., V]) -> x` at each step,
+              `units` = the tokens that count (those of the real persons, `real_persons`), `first` = those of them
               ranked first by saliency at that step (`first_units_mask`);
             - None: the clean evaluation.
         params: the `Perturbation` fields that name one condition of it; they enter its cache key.
@@ -232,6 +267,8 @@ class PerturbationSpec:
         curve: the result is a curve (the score after each of `steps` steps) instead of logits.
         example: a value that perturbs; the tests run every entry at it.
         sweep: the report's accuracy-vs-value section, or None.
+        revision: bumped when the meaning of the perturbation's results changes; when > 0 it enters the cache key,
+            so older cached results of this perturbation are no longer found (those of the others still are).
     """
 
     space: str
@@ -247,6 +284,7 @@ class PerturbationSpec:
     curve: bool = False
     example: float | None = None
     sweep: ReportSweep | None = None
+    revision: int = 0
 
     def __post_init__(self) -> None:
         if self.space not in ("screen", "model"):
@@ -258,6 +296,23 @@ class PerturbationSpec:
             return None
         stream = [seed if self.seeded else 0, int(clip)]
         return np.random.default_rng(stream if self.rng_tag is None else [*stream, self.rng_tag])
+
+
+# Figure 5 of the seed: both readings of §8(c) in one section, each a `variant` of it.
+SHIFT_SWEEP = ReportSweep(
+    section="shifted_joints",
+    grid="shift_ks",
+    heading="Accuracy vs shifted joints k (the seed's Figure 5)",
+    text="k random joints per clip moved to a uniform random point of the skeleton's bounding box, in "
+    "model-input space after crop_scale; confidences kept (docs/method.md §8 c). Both readings of the seed: "
+    "a new point in every frame, inside that frame's box (re-drawn, jitter), and one point per clip, inside "
+    "the clip's box, held in every frame (held).",
+    column="k",
+    xlabel="shifted joints k",
+    title="Shifted joints",
+    categorical=False,
+    with_identity=True,
+)
 
 
 # The perturbations of docs/method.md §8. A name is its cache-key "kind": renaming one invalidates cached results.
@@ -297,7 +352,7 @@ PERTURBATIONS: dict[str, PerturbationSpec] = {
         sweep=ReportSweep(
             section="spatial_noise",
             grid="spatial_sigmas",
-            heading="Accuracy vs spatial-only noise σ",
+            heading="Accuracy vs spatial-only noise σ (the seed's Figure 4)",
             text="One offset N(0, σ²) per person and joint, the same in every frame, added where the Gaussian "
             "noise is (docs/method.md §8 b).",
             column="sigma",
@@ -306,7 +361,7 @@ PERTURBATIONS: dict[str, PerturbationSpec] = {
             categorical=True,
         ),
     ),
-    "shift": PerturbationSpec(  # §8(c)
+    "shift": PerturbationSpec(  # §8(c), re-drawn in every frame
         space="model",
         apply=lambda x, k, rng, saliency: shift_joints(x, int(k), rng)[0],
         params=("value",),
@@ -315,54 +370,60 @@ PERTURBATIONS: dict[str, PerturbationSpec] = {
         seeded=True,
         rng_tag=1,
         example=3,
-        sweep=ReportSweep(
-            section="shifted_joints",
-            grid="shift_ks",
-            heading="Accuracy vs shifted joints k",
-            text="k random joints per clip moved, in every frame, to a uniform random point of that frame's "
-            "skeleton bounding box, in model-input space after crop_scale; confidences kept (docs/method.md §8 c).",
-            column="k",
-            xlabel="shifted joints k",
-            title="Shifted joints",
-            categorical=False,
-            with_identity=True,
-        ),
+        sweep=replace(SHIFT_SWEEP, variant="re-drawn every frame (jitter)"),
+    ),
+    "shift_held": PerturbationSpec(  # §8(c), drawn once per clip and held
+        space="model",
+        apply=lambda x, k, rng, saliency: shift_joints(x, int(k), rng, hold=True)[0],
+        params=("value",),
+        label="shift_held k={k}",
+        identity=0.0,
+        seeded=True,
+        rng_tag=5,
+        example=3,
+        sweep=replace(SHIFT_SWEEP, variant="drawn once per clip, held"),
     ),
     "mask_targeted": PerturbationSpec(  # §8(d)
         space="model",
-        apply=lambda x, k, rng, saliency: zero_tokens(x, top_k_joint_mask(saliency, int(k))),
+        apply=lambda x, k, rng, saliency: zero_tokens(x, real_token_mask(top_k_joint_mask(saliency, int(k)), x)),
         params=("value",),
         label="mask_targeted k={k}",
         identity=0.0,
         saliency=True,
         example=3,
+        revision=1,  # 1: real persons only (the padded person was masked too)
     ),
     "mask_random": PerturbationSpec(  # §8(d), the baseline
         space="model",
-        apply=lambda x, k, rng, saliency: zero_tokens(x, random_joint_mask(x.shape[:3], int(k), rng)),
+        apply=lambda x, k, rng, saliency: zero_tokens(
+            x, real_token_mask(random_joint_mask(x.shape[:3], int(k), rng), x)
+        ),
         params=("value",),
         label="mask_random k={k}",
         identity=0.0,
         seeded=True,
         rng_tag=2,
         example=3,
+        revision=1,
     ),
     "deletion": PerturbationSpec(  # §8(e); tag 4 is shared with insertion: one random order for both curves
         space="model",
-        apply=lambda x, first: zero_tokens(x, first),
+        apply=lambda x, first, units: zero_tokens(x, first & units),
         params=("layer", "steps"),
         label="deletion (saliency {layer}, {steps} steps)",
         rng_tag=4,
         saliency=True,
         curve=True,
+        revision=1,  # 1: real persons' tokens only; the clean-pass class and each step's prediction recorded
     ),
-    "insertion": PerturbationSpec(  # §8(e), from the all-zero input
+    "insertion": PerturbationSpec(  # §8(e), from the input whose real persons are zeroed
         space="model",
-        apply=lambda x, first: zero_tokens(x, ~first),
+        apply=lambda x, first, units: zero_tokens(x, units & ~first),
         params=("layer", "steps"),
         label="insertion (saliency {layer}, {steps} steps)",
         rng_tag=4,
         saliency=True,
         curve=True,
+        revision=1,
     ),
 }

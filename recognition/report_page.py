@@ -1,6 +1,7 @@
 """The report's page and files: a `Section` (table, figure, text, metrics) rendered as CSV, PNG
-and one self-contained `report.html` (tables, base64 figures, the commands that regenerate each
-section, the report and run configs). `recognition.report` computes the sections."""
+and one self-contained `report.html` (the choices that make two reports comparable, tables, base64
+figures, the commands that regenerate each section, the report and run configs).
+`recognition.report` computes the sections."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ class ReportView(Protocol):
 
     def reproduce(self, name: str) -> str: ...
 
+    def choices(self) -> dict[str, str]: ...  # what the header states: preprocessing, noise mode, precision, seeds
+
 
 @dataclass
 class Section:
@@ -43,6 +46,7 @@ class Section:
     figure: bytes | None = None
     metrics: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # extra commands or remarks shown under the table
+    html_rows: int | None = None  # the page shows at most this many rows (None: all); the CSV has every row
 
 
 def fmt_cell(v) -> str:
@@ -89,14 +93,18 @@ def csv_bytes(section: Section) -> bytes:
 
 def html_table(section: Section) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in section.header)
-    cells = ("".join(f"<td>{html.escape(fmt_cell(v))}</td>" for v in row) for row in section.rows)
+    shown = section.rows if section.html_rows is None else section.rows[: section.html_rows]
+    cells = ("".join(f"<td>{html.escape(fmt_cell(v))}</td>" for v in row) for row in shown)
     body = "".join(f"<tr>{c}</tr>" for c in cells)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    more = len(section.rows) - len(shown)
+    tail = f"<p>The first {len(shown)} of {len(section.rows)} rows; the CSV has all of them.</p>" if more else ""
+    return f"<div class='wide'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>{tail}"
 
 
 _CSS = """body{font-family:sans-serif;max-width:1200px;margin:1em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:12px;margin:.5em 0}
 td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#f0f0f0}td:first-child{text-align:left}
+table.choices td,table.choices th{text-align:left}div.wide{overflow-x:auto}
 pre{background:#f6f6f6;padding:.5em;overflow-x:auto;font-size:12px;white-space:pre-wrap}
 img{max-width:100%;display:block;margin:.5em 0}section{border-top:1px solid #ddd;margin-top:1.5em}"""
 _SCRIPT = """window.addEventListener("load", function () {
@@ -117,6 +125,9 @@ def render_html(report: ReportView, sections: list[Section], cfg_yaml: str) -> s
         f"<p>Runs: {e(', '.join(r.name for r in report.runs))}. Data: "
         f"{e(', '.join(str(d.path) for d in report.data))} (sweeps on {e(str(report.main.path))}, split "
         f"{e(report.main.split)}). Device: {e(report.runs[0].device.type)}.</p>",
+        "<h2 id='choices'>Choices</h2><table class='choices'><tbody>"
+        + "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in report.choices().items())
+        + "</tbody></table>",
         f"<p>Produced by:</p><pre>{e(shlex.join(report.command))}</pre>",
         f"<details><summary>report config (resolved)</summary><pre>{e(cfg_yaml)}</pre></details>",
     ]

@@ -2,17 +2,19 @@
 
 Every evaluation result is stored under `CACHE_DIR/<key hash>.npz` (arrays) beside `<key hash>.json` (the key, for
 people). The key is (CACHE_VERSION, the checkpoint's and the data file's sha256, the split and its clip list, the
-perturbation and its parameters, the seed, the preprocessing options and the device type), so a re-run recomputes
-only what changed. File hashes are memoised in `CACHE_DIR/files.json` by (path, mtime, size). Bump `CACHE_VERSION`
-when the meaning of a cached result changes.
+perturbation and its parameters (and its spec's `revision` when > 0), the seed, the preprocessing options and the
+device type), so a re-run recomputes only what changed. File hashes are memoised in `CACHE_DIR/files.json` by (path,
+mtime, size). Bump `CACHE_VERSION` when the meaning of every cached result changes, a spec's `revision` when that of
+one perturbation does.
 
 The perturbations are the table `recognition.perturb.PERTURBATIONS`; this module only reads it. Screen-space ones
 (Gaussian and spatial noise) act inside the preprocessing (one data pass per perturbation and seed); the clean pass and
 the model-space ones (shifted joints, targeted/random masking, RISE deletion/insertion) are all computed in a single
-data pass that shares the clean input. Random draws are a pure function of (seed, clip position, perturbation) (the
+data pass that shares the clean input; their masks and deletion units cover the real persons only
+(`perturb.real_persons`). Random draws are a pure function of (seed, clip position, perturbation) (the
 spec's `rng`): Gaussian noise uses the generator `default_rng([seed, i])` of `SkeletonDataset`, so seed = the run's
 seed reproduces `python -m recognition evaluate --noise-sigma`. Saliency comes from the backbone's `layer_attention`
-(`recognition.models.Backbone`).
+(`recognition.models.Backbone`). Every forward runs in float32, on every device (docs/method.md §8(j)).
 """
 
 from __future__ import annotations
@@ -189,7 +191,7 @@ def eval_key(
         "data": data.digest,
         "split": data.split,
         "clips": hashlib.sha256("\n".join(frame_dirs).encode()).hexdigest(),
-        "perturbation": pert.params(),
+        "perturbation": {**pert.params(), **({"revision": pert.spec.revision} if pert.spec.revision else {})},
         "seed": seed if pert.spec.seeded else None,
         "noise_per_person": noise_per_person if pert.spec.noise_mode else None,
         "preprocess": to_dict(run.cfg.data),
@@ -284,7 +286,7 @@ def _model_space_batch(
     layers = {src % depth for src in sources if src != "random"}
     sal = token_saliency(run, x, sorted(layers)) if layers else {}
     xn = x.numpy()
-    every = np.ones(xn.shape[:4], dtype=bool)  # RISE units: all (m, t, j) tokens, so the curves end at 0 / clean
+    units = np.broadcast_to(perturb.real_persons(xn)[:, :, None, None], xn.shape[:4])  # [N, M, T, V] RISE units
     out: dict = {}
     for pert, seed in todo:
         spec, src = pert.spec, pert.saliency_source()
@@ -295,12 +297,15 @@ def _model_space_batch(
                 s = np.stack([spec.rng(seed, i).random(xn.shape[1:4]) for i in pos])  # [N, M, T, V]
             else:
                 s = sal[src % depth]
-            ranks, units = perturb.token_ranks(s, every)
-            curve = np.empty((len(pos), pert.steps + 1), dtype=np.float32)
+            ranks, count = perturb.token_ranks(s, units)
+            curve = np.empty((len(pos), pert.steps + 1), dtype=np.float32)  # p(clean prediction) after each step
+            preds = np.empty((len(pos), pert.steps + 1), dtype=np.int64)  # the prediction after each step
             for step in range(pert.steps + 1):
-                first = perturb.first_units_mask(ranks, units, step, pert.steps)  # [N, M, T, V]
-                curve[:, step] = _softmax_at(_forward(run, spec.apply(xn, first))[0], pred)
-            out[(pert, seed)] = {"curve": curve}
+                first = perturb.first_units_mask(ranks, count, step, pert.steps)  # [N, M, T, V]
+                xs = spec.apply(xn, first, units)
+                step_logits = logits if np.array_equal(xs, xn) else _forward(run, xs)[0]  # a curve's clean end
+                curve[:, step], preds[:, step] = _softmax_at(step_logits, pred), step_logits.argmax(1).numpy()
+            out[(pert, seed)] = {"curve": curve, "pred": preds, "clean_pred": pred}
         else:
             clips = [
                 spec.apply(xn[j], pert.value, spec.rng(seed, i), sal[src % depth][j] if spec.saliency else None)
@@ -327,8 +332,10 @@ def evaluate_many(
 
     Returns:
         {(perturbation, seed): arrays} for every requested item, keyed as requested. Arrays: "labels" [N] and
-        "frame_dir" [N] always; "logits" [N, C] (clean, noise, shift, masking), "features" [N, H] (clean), "curve"
-        [N, steps + 1] (deletion/insertion: softmax probability of the clean-predicted class after each step).
+        "frame_dir" [N] always; "logits" [N, C] (clean, noise, shift, masking), "features" [N, H] (clean);
+        deletion/insertion: "curve" [N, steps + 1] (softmax probability of the clean-predicted class after each
+        step), "pred" [N, steps + 1] (the predicted class after each step, for the accuracy curve) and
+        "clean_pred" [N].
     """
     if frame_dirs is None:
         frame_dirs = split_frame_dirs(data.index, data.split)

@@ -1,5 +1,5 @@
 """The report in headless Chromium (Debian's `chromium`): the page loads, every <img> decodes (naturalWidth > 0), the
-tables are there, and a screenshot is taken.
+tables, the header's choices and a section for each table and figure of the seed are there, and a screenshot is taken.
 
 Opens `artifacts/reports/demo/report.html` (the report of `make demo`) when it exists, else a report built here from
 tiny checkpoints. The page's own script writes `data-images-loaded` / `data-images-total` on <body> once the window
@@ -54,15 +54,17 @@ def test_report_loads_in_chromium_with_every_image(report_html, tmp_path):
     assert body, res.stdout[:500]
     total = int(re.search(r'data-images-total="(\d+)"', body.group(0)).group(1))
     loaded = int(re.search(r'data-images-loaded="(\d+)"', body.group(0)).group(1))
-    assert total >= 8 and loaded == total, f"{loaded} of {total} images decoded"
-    assert res.stdout.count("<table>") >= 8
+    assert total >= 10 and loaded == total, f"{loaded} of {total} images decoded"
+    assert res.stdout.count("<table>") >= 14  # every section has its table
+    assert '<h2 id="choices">Choices</h2>' in res.stdout  # the header's choices: preprocessing, noise, precision
     for title in (
         "Accuracy vs Gaussian noise",
         "Targeted vs random masking",
         "Most confused class pairs",
         "Pose quality",
+        *(f"(the seed's {item})" for item in ("Table 3", "Table 4", *(f"Figure {i}" for i in range(1, 10)))),
     ):
-        assert title in res.stdout
+        assert title in res.stdout, title
 
     shot = tmp_path / "report.png"
     res = chromium(f"--screenshot={shot}", "--window-size=1280,2400", report_html.as_uri(), tmp=tmp_path)

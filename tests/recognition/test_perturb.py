@@ -96,6 +96,46 @@ def test_shifted_joints_stay_in_the_box_and_exactly_k_move(k):
     np.testing.assert_array_equal(out, again)  # seeded
 
 
+@pytest.mark.parametrize("k", [1, 3, 10])
+def test_held_shifted_joints_keep_one_point_inside_the_clip_box(k):
+    """The second reading of §8(c): a point drawn once per clip and person, held in every frame."""
+    x = _model_input()
+    out, joints = perturb.shift_joints(x, k, np.random.default_rng(k), hold=True)
+    jitter, same = perturb.shift_joints(x, k, np.random.default_rng(k))
+    np.testing.assert_array_equal(joints, same)  # the same joints as the re-drawn reading under the same stream
+    held = out[0][:, joints, :2]  # [T, k, 2]
+    np.testing.assert_array_equal(held, np.broadcast_to(held[:1], held.shape))  # one point in every frame
+    assert not np.array_equal(jitter[0][:, joints, :2], held)
+    lo, hi = x[0, ..., :2].reshape(-1, 2).min(0), x[0, ..., :2].reshape(-1, 2).max(0)  # the clip's box
+    assert np.all(held >= lo) and np.all(held <= hi)
+    others = np.setdiff1d(np.arange(17), joints)
+    np.testing.assert_array_equal(out[:, :, others], x[:, :, others])
+    np.testing.assert_array_equal(out[1], x[1])  # the padded person is left alone
+    np.testing.assert_array_equal(out[..., 2], x[..., 2])
+
+
+def test_real_persons_and_masks_leave_the_padded_person_alone():
+    """The padded slot of a one-person clip (conf 0; crop_scale moved it off 0) is never masked or deleted."""
+    x = _model_input()
+    assert perturb.real_persons(x).tolist() == [True, False]
+    assert perturb.real_persons(np.stack([x, x[::-1]])).tolist() == [[True, False], [False, True]]
+    saliency = np.random.default_rng(3).random(x.shape[:3])
+    saliency[1] += 10.0  # the padded person would rank first
+    for name in ("mask_targeted", "mask_random"):
+        spec = perturb.PERTURBATIONS[name]
+        out = spec.apply(x, 17, spec.rng(0, 0), saliency)
+        assert not out[0].any()  # every real token zeroed
+        np.testing.assert_array_equal(out[1], x[1])  # the padded slot as it was
+    units = np.broadcast_to(perturb.real_persons(x)[:, None, None], x.shape[:3])
+    ranks, count = perturb.token_ranks(saliency[None], units[None])
+    assert count.tolist() == [x.shape[1] * 17]  # the real person's tokens only
+    for name in ("deletion", "insertion"):
+        spec = perturb.PERTURBATIONS[name]
+        for step in range(5):
+            first = perturb.first_units_mask(ranks, count, step, 4)[0]
+            np.testing.assert_array_equal(spec.apply(x, first, units)[1], x[1])
+
+
 def test_shifted_joints_box_uses_valid_joints_only():
     x = _model_input(M=1, T=1)
     x[0, 0, 0] = [0.9, 0.9, 0.0]  # an invalid joint far outside: not part of the box
@@ -159,6 +199,8 @@ def test_every_entry_has_a_label_a_stream_and_known_parameters(name):
     assert label.startswith(name) and "{" not in label
     assert spec.space in ("screen", "model")
     assert set(spec.params) <= {"value", "layer", "steps"}  # fields of robustness.Perturbation
+    assert spec.sweep is None or spec.sweep.section in {"gaussian_noise", "spatial_noise", "shifted_joints"}
+    assert isinstance(spec.revision, int) and spec.revision >= 0
     assert spec.rng_tag is None or (isinstance(spec.rng_tag, int) and spec.rng_tag >= 0)
     assert (spec.rng(0, 0) is not None) == (spec.seeded or spec.rng_tag is not None)
     assert spec.apply is not None or name == "clean"
@@ -188,11 +230,13 @@ def test_identity_value_leaves_the_input_unchanged(name):
 
 
 @pytest.mark.parametrize("name", [n for n in REGISTRY if perturb.PERTURBATIONS[n].curve])
-def test_curve_ends_are_the_clean_input_and_the_all_zero_input(name):
+def test_curve_ends_are_the_clean_input_and_the_real_persons_zeroed(name):
     spec = perturb.PERTURBATIONS[name]
     x = _model_input()
-    ends = [spec.apply(x, np.full(x.shape[:3], first)) for first in (False, True)]
-    assert sum(np.array_equal(e, x) for e in ends) == 1 and sum(not e.any() for e in ends) == 1
+    units = np.broadcast_to(perturb.real_persons(x)[:, None, None], x.shape[:3])
+    ends = [spec.apply(x, np.full(x.shape[:3], first), units) for first in (False, True)]
+    assert sum(np.array_equal(e, x) for e in ends) == 1
+    assert sum(not e[0].any() and np.array_equal(e[1], x[1]) for e in ends) == 1  # the padded slot is kept
 
 
 @pytest.mark.parametrize("name", [n for n in REGISTRY if perturb.PERTURBATIONS[n].seeded])
