@@ -19,8 +19,10 @@ Weights: the local cache (make weights) when present, else random weights (timin
 engine (`--workers N`, pose_extraction/engine.py) on a folder of generated videos, through
 `run_extract` as the command line calls it: the stand-in estimator (decoding and tracking are
 the work), then random-weight HRNet at a small input size behind a stand-in detector that finds
-the generated figures (the models are the work; 4 of the videos, the CPU is slow at it). Prints seconds, frames/s, the speed-up and
-whether the records are identical:
+the generated figures (the models are the work; 4 of the videos, the CPU is slow at it). After one warm-up
+run per path, each path runs `--repeats` times in alternating order; prints the median seconds, frames/s,
+the cores used (CPU seconds of the process, its threads and its workers, over the wall time), the speed-up
+and whether the records are identical. On a machine of C cores a path using c of them can gain at most C / c:
 
     python bench/extract.py --engine --videos 24 --frames 48 --workers 2
 """
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -77,6 +80,13 @@ class FigureDetector:
         return out
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process (all its threads: OpenCV's decode threads too) and of its reaped children (the
+    engine's workers, joined when a run ends)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def same_records(a: Path, b: Path) -> bool:
     from pipeline.schema import read_record
 
@@ -106,7 +116,7 @@ def bench_engine(args: argparse.Namespace) -> None:
         ("hrnet 96x128, random", lambda: build_estimator("hrnet", weights=None, settings=small), FigureDetector, 4),
     ]
     print(f"{args.videos} videos x {args.frames} frames {w}x{h}, chunk {args.chunk}, {os.cpu_count()} CPUs")
-    print(f"{'estimator':<24}{'path':<18}{'seconds':>9}{'frames/s':>10}{'speed-up':>10}  records")
+    print(f"{'estimator':<24}{'path':<18}{'seconds':>9}{'frames/s':>10}{'cores':>7}{'speed-up':>10}  records")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "videos"
         folder.mkdir()
@@ -117,19 +127,28 @@ def bench_engine(args: argparse.Namespace) -> None:
             total = n * args.frames
             est = make_estimator()
             cfg = PoseConfig(estimator=est.name, chunk_size=args.chunk)
-            times = {}
-            for workers in (1, args.workers):
+            samples: dict[int, list[float]] = {1: [], args.workers: []}
+            cpu: dict[int, list[float]] = {1: [], args.workers: []}
+            for workers in (1, args.workers):  # warm-up: imports (scipy's for tracking) and first-call costs
                 extractor = VideoExtractor(cfg=cfg, estimator=est, detector=detector() if detector else None)
-                out = Path(tmp) / f"{est.name}-{workers}"
-                t0 = time.perf_counter()
-                run_extract(extractor, videos, out, progress=False, workers=workers)
-                times[workers] = time.perf_counter() - t0
+                run_extract(extractor, videos[:2], Path(tmp) / f"warm-{workers}", progress=False, workers=workers)
+            for rep in range(args.repeats):  # alternating order, so drifting load favours neither path
+                for workers in (1, args.workers) if rep % 2 == 0 else (args.workers, 1):
+                    extractor = VideoExtractor(cfg=cfg, estimator=est, detector=detector() if detector else None)
+                    out = Path(tmp) / f"{est.name}-{workers}"
+                    shutil.rmtree(out, ignore_errors=True)
+                    t0, c0 = time.perf_counter(), cpu_seconds()
+                    run_extract(extractor, videos, out, progress=False, workers=workers)
+                    samples[workers].append(time.perf_counter() - t0)
+                    cpu[workers].append(cpu_seconds() - c0)
+            times = {w: float(np.median(v)) for w, v in samples.items()}
             same = same_records(Path(tmp) / f"{est.name}-1", Path(tmp) / f"{est.name}-{args.workers}")
             for workers, label in ((1, "--workers 1"), (args.workers, f"--workers {args.workers}")):
                 t = times[workers]
                 ratio = times[1] / t
+                cores = float(np.median(cpu[workers])) / t
                 tail = "" if workers == 1 else f"  {'identical' if same else 'DIFFER'}"
-                print(f"{name:<24}{label:<18}{t:>9.2f}{total / t:>10.1f}{ratio:>9.2f}x{tail}", flush=True)
+                print(f"{name:<24}{label:<18}{t:>9.2f}{total / t:>10.1f}{cores:>7.2f}{ratio:>9.2f}x{tail}", flush=True)
 
 
 def main() -> None:
@@ -143,6 +162,7 @@ def main() -> None:
     ap.add_argument("--engine", action="store_true", help="in-process path vs the engine on a folder (see above)")
     ap.add_argument("--videos", type=int, default=24, help="--engine: videos in the folder")
     ap.add_argument("--workers", type=int, default=2, help="--engine: the engine's decode processes")
+    ap.add_argument("--repeats", type=int, default=3, help="--engine: runs per path (alternating), median shown")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.engine:

@@ -2,16 +2,22 @@
 run the models in this one.
 
     worker processes (spawn)          main process
-    open + decode a video, chunk by   claims, cache checks; per received chunk: detector +
-    chunk, sent over its own pipe --> estimator (`VideoExtractor.add_chunk`, the device loop);
-                                      per finished video: tracking + record writing in a thread
+    open + decode a video, chunk by   claims, cache checks; per step, the chunks that arrived (one
+    chunk, sent over its own pipe --> per worker) through detector + estimator together
+                                      (`VideoExtractor.add_chunks`, the device loop); per finished
+                                      video: tracking + record writing in a thread
 
-Each worker decodes one video at a time and sends `chunk_size`-frame chunks over its own pipe;
-a pipe holds one chunk at most, so memory is bounded by N x (the reader's read-ahead + 2)
-chunks, whatever the videos' lengths or count. The models see the same chunks, in the same
-order per video, as in the in-process path (`VideoExtractor.extract`), so the records are the
-same (bit for bit on the CPU). Batching is per chunk, as in the in-process path: chunks of
-different videos are not merged into one forward.
+Each worker decodes one video at a time and sends `chunk_size`-frame chunks over its own pipe,
+one message per chunk (the first carries the video's size and fps, the last says so; a worker
+holds one chunk back to know which is last). A pipe holds one chunk at most, so memory is
+bounded by N x (the reader's read-ahead + 3) chunks, whatever the videos' lengths or count
+(tests/pose_extraction/test_engine.py measures it on a 10,000-frame video). The models see the
+same chunks, in the same order per video, as in the in-process path (`VideoExtractor.extract`).
+The chunks of one step share the detector's and the top-down estimator's forwards, so short
+videos and the tail chunks of long ones fill a batch; a crop's result does not depend on its
+batch beyond float rounding (keypoints equal to 1e-4 px, tests/pose_extraction/test_engine.py).
+Bottom-up and stand-in estimators and keyframe detection (state per video) take the chunks one
+by one: their records are the in-process path's, bit for bit on the CPU.
 
 Claims (`OUT/.claims/`), the cache checks, failure markers and counts are the in-process path's
 (`extract.begin_video` / `VideoJob`), held by this process. A worker that dies (killed, out of
@@ -30,6 +36,7 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+import socket
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -64,9 +71,11 @@ def default_workers() -> int:
 
 
 def _decode_worker(conn: Connection, reader: str, chunk_size: int) -> None:
-    """Worker process: receive (job id, path, attempt), send ("meta", id, size, fps), per chunk
-    ("chunk", id, start, shape) and its frames' bytes, then ("end", id) or ("error", id, type name,
-    message); None ends the worker."""
+    """Worker process: receive (job id, path, attempt), send per chunk ("chunk", id, start, shape, meta, last) and
+    the chunk's frames' bytes, meta = (size, fps) on the first chunk and `last` on the final one, or ("error", id,
+    type name, message); None ends the worker. One message per chunk (the final chunk is held back until the
+    reader says it is the last), so the device loop receives one chunk per worker per step, in step across
+    workers, and batches them together."""
     # One decoding thread per worker (the workers are the parallelism), at a lower priority than
     # the device loop: on a CPU-bound box the models' threads are not preempted by read-ahead.
     os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "threads;1")
@@ -79,18 +88,27 @@ def _decode_worker(conn: Connection, reader: str, chunk_size: int) -> None:
         cv2.setNumThreads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     die = os.environ.get(_DIE_ENV, "")
+    raw = socket.socket(fileno=os.dup(conn.fileno()))  # the pipe's socket, for unframed frame bytes
+
+    def send(jid: int, start: int, chunk: np.ndarray, meta: tuple | None, last: bool) -> None:
+        conn.send(("chunk", jid, start, chunk.shape, meta, last))
+        raw.sendall(memoryview(np.ascontiguousarray(chunk)).cast("B"))  # the frames, unframed, after their header
+
     try:
         while (job := conn.recv()) is not None:
             jid, path, attempt = job
             try:
                 with open_video(path, backend=reader, chunk_size=chunk_size) as video:
-                    conn.send(("meta", jid, video.size, video.fps))
+                    meta: tuple | None = (video.size, video.fps)
+                    held = None
                     for start, chunk in video.iter_chunks():
-                        conn.send(("chunk", jid, start, chunk.shape))
-                        conn.send_bytes(np.ascontiguousarray(chunk).reshape(-1).data)  # no pickle copy
+                        if held is not None:
+                            send(jid, *held, meta, False)
+                            meta = None
+                        held = (start, chunk)
                         if die in (Path(path).stem, f"{Path(path).stem}@once" if attempt == 0 else None):
                             os.kill(os.getpid(), signal.SIGKILL)
-                conn.send(("end", jid))
+                    send(jid, *held, meta, True)  # open_video read a first frame: there is a chunk
             except Exception as exc:  # noqa: BLE001 -- the video's failure, reported by the main process
                 conn.send(("error", jid, type(exc).__name__, str(exc)))
     except (EOFError, BrokenPipeError, ConnectionResetError):
@@ -100,10 +118,22 @@ def _decode_worker(conn: Connection, reader: str, chunk_size: int) -> None:
 # --- main side --------------------------------------------------------------------------------
 
 
+def _recv_exactly(sock: socket.socket, view: memoryview) -> None:
+    """Fill `view` from `sock` (the kernel copies straight into it: multiprocessing's `recv_bytes_into` stages
+    every message in a BytesIO, which cost the device loop 1.1 s per GB of frames here)."""
+    got = 0
+    while got < len(view):
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            raise EOFError("decode worker closed its pipe mid-chunk")
+        got += n
+
+
 @dataclass
 class _Worker:
     process: Any
     conn: Connection
+    raw: socket.socket  # the same pipe: the frames' bytes follow each chunk header unframed
     job: int | None = None  # the job id it is decoding
 
 
@@ -111,7 +141,7 @@ class _Worker:
 class _Active:
     job: Any  # extract.VideoJob
     attempt: int = 0
-    state: Any = None  # extract.VideoState once "meta" arrived
+    state: Any = None  # extract.VideoState once its first chunk arrived
     error: BaseException | None = None
 
 
@@ -194,7 +224,7 @@ class Engine:
         p = self.ctx.Process(target=_decode_worker, args=(theirs, cfg.reader, cfg.chunk_size), daemon=True)
         p.start()
         theirs.close()
-        return _Worker(p, ours)
+        return _Worker(p, ours, socket.socket(fileno=os.dup(ours.fileno())))
 
     def _dispatch(self) -> None:
         for w in self.workers:
@@ -205,10 +235,12 @@ class Engine:
                 w.conn.send((jid, str(self.active[jid].job.video), attempt))
 
     def _step(self) -> None:
-        """Handle every message (or worker death) that is ready."""
+        """Handle every message (or worker death) that is ready: the chunks that arrived together go through the
+        models together (`VideoExtractor.add_chunks`: one detector and pose batch across videos)."""
         by_conn = {w.conn: w for w in self.workers}
         by_sentinel = {w.process.sentinel: w for w in self.workers}
         ready = wait([*by_conn, *by_sentinel], timeout=1.0)
+        messages = []
         for r in ready:
             w = by_conn.get(r)
             if w is not None:
@@ -216,36 +248,39 @@ class Engine:
                     msg = w.conn.recv()
                     if msg[0] == "chunk":  # the frames follow, read straight into their array
                         frames = np.empty(msg[3], np.uint8)  # [K, H, W, 3]
-                        w.conn.recv_bytes_into(frames.reshape(-1))
-                        msg = (*msg[:3], frames)
+                        _recv_exactly(w.raw, memoryview(frames).cast("B"))
+                        msg = (*msg[:3], frames, *msg[4:])
                 except (EOFError, OSError):
                     continue  # it died: its sentinel says so
-                self._handle(w, msg)
+                messages.append((w, msg))
+        for _, msg in messages:  # a video's first chunk carries its size and fps
+            if msg[0] == "chunk" and msg[4] is not None:
+                a = self.active[msg[1]]
+                a.state = self.extractor.start(a.job.video, size=msg[4][0], fps=msg[4][1])
+        chunks = [(self.active[m[1]], m) for _, m in messages if m[0] == "chunk" and self.active[m[1]].error is None]
+        if chunks:
+            errors = self.extractor.add_chunks([(a.state, m[2], m[3]) for a, m in chunks])  # the device loop
+            for (a, _), exc in zip(chunks, errors):
+                a.error = a.error or exc
+        for w, msg in messages:
+            if msg[0] == "error" or msg[5]:  # a failed or a finished video
+                self._end(w, msg)
         for r in ready:
             w = by_sentinel.get(r)
             if w is not None and w in self.workers:
                 self._replace(w)
 
-    def _handle(self, w: _Worker, msg: tuple) -> None:
-        kind, jid = msg[0], msg[1]
-        a = self.active[jid]
-        if kind == "meta":
-            a.state = self.extractor.start(a.job.video, size=msg[2], fps=msg[3])
-        elif kind == "chunk":
-            if a.error is None:
-                try:
-                    self.extractor.add_chunk(a.state, msg[2], msg[3])  # the device loop
-                except Exception as exc:  # noqa: BLE001 -- this video's failure
-                    a.error = exc
-        else:
-            w.job = None
-            del self.active[jid]
-            if kind == "error":
-                a.error = a.error or DecodeError(msg[2], msg[3])
-            self.finishing.append(self.finisher.submit(self._finish, a))
-            for f in self.finishing:
-                if f.done():
-                    f.result()  # an unwritable output folder stops the run here
+    def _end(self, w: _Worker, msg: tuple) -> None:
+        """The worker sent the video's last chunk or could not read it ("error"): finish it off the loop."""
+        jid = msg[1]
+        a = self.active.pop(jid)
+        w.job = None
+        if msg[0] == "error":
+            a.error = a.error or DecodeError(msg[2], msg[3])
+        self.finishing.append(self.finisher.submit(self._finish, a))
+        for f in self.finishing:
+            if f.done():
+                f.result()  # an unwritable output folder stops the run here
 
     def _finish(self, a: _Active) -> str:
         """Off the device loop: tracking, the record write (or the failure marker), the claim."""
@@ -265,6 +300,7 @@ class Engine:
         w.process.join()
         code = w.process.exitcode
         w.conn.close()
+        w.raw.close()
         self.workers[self.workers.index(w)] = self._spawn()
         if w.job is None:
             return
@@ -290,6 +326,7 @@ class Engine:
                 w.process.kill()
                 w.process.join()
             w.conn.close()
+            w.raw.close()
         self.finisher.shutdown(wait=True)
         for a in self.active.values():  # left by an exception: give the claims back
             a.job.release()

@@ -142,7 +142,9 @@ class VideoExtractor:
             est_settings = load_settings(cfg.estimator, cfg.estimator_settings or None)
         except Exception:  # noqa: BLE001 -- estimators built without a settings file (tests)
             est_settings = {}
-        est_settings = {k: v for k, v in est_settings.items() if k not in ("batch_size", "device")}
+        est_settings = {k: v for k, v in est_settings.items() if k not in ("batch_size", "device", "crop")}
+        if getattr(est, "crop_backend", "cv2") != "cv2":  # the crop as run ("auto" is per device); cv2 = keys before
+            est_settings["crop"] = est.crop_backend
         settings = {
             "estimator": cfg.estimator,
             "estimator_version": est.version,
@@ -213,7 +215,43 @@ class VideoExtractor:
         else:
             poses = self.estimator.estimate(frames, None, start_index=start)
             fb, fs = [None] * len(frames), [None] * len(frames)
-        for (kp, sc), b, bs in zip(poses, fb, fs):
+        self._append(state, poses, list(zip(fb, fs)))
+
+    def add_chunks(self, items: list[tuple[VideoState, int, np.ndarray]]) -> list[BaseException | None]:
+        """`add_chunk` for chunks of several videos, the top-down models' forwards shared across them.
+
+        Detection and pose crops of all the chunks go through the detector and the estimator together (their own
+        batch sizes split them), so short videos and the tail chunks of long ones fill a batch. Bottom-up and
+        stand-in estimators, and keyframe detection (per-video state), take the chunks one by one. Returns, per
+        item, None or the exception that chunk raised (a batched call that fails is redone chunk by chunk, so an
+        error belongs to its video only).
+        """
+        shared = self.detector is not None and self.cfg.detector.keyframe_interval == 1 and len(items) > 1
+        if shared:
+            try:
+                frames = [f for _, _, chunk in items for f in chunk]
+                dets = self.detector.detect(frames)
+                poses = self.estimator.estimate(frames, [d[0] for d in dets])
+            except Exception:  # noqa: BLE001 -- find the chunk it belongs to, below
+                shared = False
+        if not shared:
+            errors: list[BaseException | None] = []
+            for state, start, chunk in items:
+                try:
+                    self.add_chunk(state, start, chunk)
+                    errors.append(None)
+                except Exception as exc:  # noqa: BLE001 -- that video's failure
+                    errors.append(exc)
+            return errors
+        offset = 0
+        for state, _, chunk in items:
+            n = len(chunk)
+            self._append(state, poses[offset : offset + n], dets[offset : offset + n])
+            offset += n
+        return [None] * len(items)
+
+    def _append(self, state: VideoState, poses: list, dets: list) -> None:
+        for (kp, sc), (b, bs) in zip(poses, dets):
             state.kps.append(kp)
             state.scores.append(np.clip(sc, 0.0, 1.0))  # heatmap maxima can exceed 1
             state.boxes.append(b)

@@ -68,7 +68,7 @@ class HRNetEstimator(TopDownEstimator):
     Args:
         weights: checkpoint file; None for random weights (tests).
         device, batch_size, flip_test, udp, shift_heatmap, input_size, heatmap_size,
-            blur_kernel_size, precision: see `TopDownEstimator`.
+            blur_kernel_size, precision, crop: see `TopDownEstimator`.
         variant: timm HRNet name.
     """
 
@@ -88,6 +88,7 @@ class HRNetEstimator(TopDownEstimator):
         heatmap_size: tuple[int, int] = (48, 64),
         blur_kernel_size: int = 11,
         precision: str = "fp16",
+        crop: str = "auto",
         variant: str = "hrnet_w32",
     ) -> None:
         super().__init__(
@@ -100,6 +101,7 @@ class HRNetEstimator(TopDownEstimator):
             heatmap_size=heatmap_size,
             blur_kernel_size=blur_kernel_size,
             precision=precision,
+            crop=crop,
         )
         self.weights = str(weights) if weights is not None else "random"
         self.version = f"{variant}/{'udp' if udp else 'msra'}"

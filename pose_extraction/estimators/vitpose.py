@@ -48,7 +48,7 @@ class ViTPoseEstimator(TopDownEstimator):
     Args:
         weights: checkpoint file or transformers directory; None for random weights.
         device, batch_size, flip_test, udp, shift_heatmap, input_size, heatmap_size,
-            blur_kernel_size, precision: see `TopDownEstimator`.
+            blur_kernel_size, precision, crop: see `TopDownEstimator`.
         hidden_size, num_layers, num_heads: ViT size (ViTPose-B: 768, 12, 12; S: 384, 12, 12;
             L: 1024, 24, 16; H: 1280, 32, 16).
         decoder: "classic" (deconvolutions) or "simple" (upsample + 3x3 conv).
@@ -70,6 +70,7 @@ class ViTPoseEstimator(TopDownEstimator):
         heatmap_size: tuple[int, int] = (48, 64),
         blur_kernel_size: int = 11,
         precision: str = "fp16",
+        crop: str = "auto",
         hidden_size: int = 768,
         num_layers: int = 12,
         num_heads: int = 12,
@@ -85,6 +86,7 @@ class ViTPoseEstimator(TopDownEstimator):
             heatmap_size=heatmap_size,
             blur_kernel_size=blur_kernel_size,
             precision=precision,
+            crop=crop,
         )
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")

