@@ -4,8 +4,9 @@ run the models in this one.
     worker processes (spawn)          main process
     open + decode a video, chunk by   claims, cache checks; per step, the chunks that arrived (one
     chunk, sent over its own pipe --> per worker) through detector + estimator together
-                                      (`VideoExtractor.add_chunks`, the device loop); per finished
-                                      video: tracking + record writing in a thread
+                                      (`VideoExtractor.add_chunks`, the device loop); heatmap
+                                      decoding in a thread; per finished video: tracking + record
+                                      writing in another
 
 Each worker decodes one video at a time and sends `chunk_size`-frame chunks over its own pipe,
 one message per chunk (the first carries the video's size and fps, the last says so; a worker
@@ -168,6 +169,7 @@ class Engine:
         self.active: dict[int, _Active] = {}
         self.queue: list[tuple[int, int]] = []  # (job id, attempt) waiting for a worker
         self.finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finish")
+        self.decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
         self.finishing: list[Future] = []
         self.counts: Counter = Counter()
         self.refused: list[str] = []
@@ -176,6 +178,7 @@ class Engine:
     def run(self, videos: list[Path]) -> None:
         """Extract `videos`; counts, refused and busy (claimed elsewhere) videos are left on `self`."""
         begin_video = self.begin_video
+        self.extractor.decoder = self.decoder  # top-down heatmaps decoded off the device loop
         try:
             todo = iter(videos)
             next_id = 0
@@ -328,6 +331,8 @@ class Engine:
             w.conn.close()
             w.raw.close()
         self.finisher.shutdown(wait=True)
+        self.extractor.decoder = None
+        self.decoder.shutdown(wait=True)
         for a in self.active.values():  # left by an exception: give the claims back
             a.job.release()
 

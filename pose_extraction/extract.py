@@ -23,6 +23,8 @@ import os
 import time
 import traceback
 from collections import Counter
+from concurrent.futures import Executor, Future
+from concurrent.futures import wait as wait_futures
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +46,7 @@ EXTRACTOR_VERSION = 1  # bump when the records' meaning changes (Make re-extract
 DEFAULT_DETECTOR_INPUT = 800  # torchvision Faster R-CNN's min_size
 KEYFRAME_JOINT_SCORE = 0.3  # joints that span a box carried over from the previous frame
 KEYFRAME_BOX_GROWTH = 1.2  # that box, grown about its center (keypoints lie inside a person's box)
+MAX_PENDING_DECODES = 4  # batches of heatmaps waiting for the engine's decode thread
 
 
 class NoPersonError(RuntimeError):
@@ -132,6 +135,8 @@ class VideoExtractor:
             self.tracking = dataclasses.replace(self.tracking, max_persons=cap)
         self.detector_info = self._detector_info()
         self.settings = self._content_settings()
+        self.decoder: Executor | None = None  # the engine sets one: heatmaps decoded off the device loop
+        self._pending: list[Future] = []
 
     def _content_settings(self) -> dict:
         """Every setting that changes a record's content, at its effective value (cache.py)."""
@@ -204,6 +209,7 @@ class VideoExtractor:
 
     def add_chunk(self, state: VideoState, start: int, chunk: np.ndarray) -> None:
         """Detect and estimate the frames uint8 [K, H, W, 3] starting at frame `start` of `state`'s video."""
+        self._settle(state)  # chunks of this video still decoding come first
         frames = list(chunk)
         if self.detector is not None and self.cfg.detector.keyframe_interval > 1:
             fb, fs, poses = self._keyframe_chunk(state, start, frames)
@@ -221,17 +227,26 @@ class VideoExtractor:
         """`add_chunk` for chunks of several videos, the top-down models' forwards shared across them.
 
         Detection and pose crops of all the chunks go through the detector and the estimator together (their own
-        batch sizes split them), so short videos and the tail chunks of long ones fill a batch. Bottom-up and
-        stand-in estimators, and keyframe detection (per-video state), take the chunks one by one. Returns, per
-        item, None or the exception that chunk raised (a batched call that fails is redone chunk by chunk, so an
-        error belongs to its video only).
+        batch sizes split them), so short videos and the tail chunks of long ones fill a batch. With a `decoder`
+        (an executor: the engine's), the heatmaps are decoded there while the device runs the next chunks; at most
+        `MAX_PENDING_DECODES` batches wait, so memory stays bounded. Bottom-up and stand-in estimators, and keyframe
+        detection (per-video state), take the chunks one by one. Returns, per item, None or the exception that
+        chunk raised (a batched forward that fails is redone chunk by chunk, so an error belongs to its video
+        only; a failed decode, which no input causes, fails the videos of its batch).
         """
         shared = self.detector is not None and self.cfg.detector.keyframe_interval == 1 and len(items) > 1
+        forward = getattr(self.estimator, "forward_crops", None)
         if shared:
             try:
                 frames = [f for _, _, chunk in items for f in chunk]
                 dets = self.detector.detect(frames)
-                poses = self.estimator.estimate(frames, [d[0] for d in dets])
+                boxes = [d[0] for d in dets]
+                if self.decoder is not None and forward is not None:
+                    self._bound_pending()
+                    poses: Any = self.decoder.submit(self.estimator.decode_heatmaps, forward(frames, boxes))
+                    self._pending.append(poses)
+                else:
+                    poses = self.estimator.estimate(frames, boxes)
             except Exception:  # noqa: BLE001 -- find the chunk it belongs to, below
                 shared = False
         if not shared:
@@ -246,9 +261,25 @@ class VideoExtractor:
         offset = 0
         for state, _, chunk in items:
             n = len(chunk)
-            self._append(state, poses[offset : offset + n], dets[offset : offset + n])
+            state.pending.append((poses, offset, dets[offset : offset + n]))
             offset += n
+            if not isinstance(poses, Future):
+                self._settle(state)
         return [None] * len(items)
+
+    def _bound_pending(self) -> None:
+        """Wait for the oldest decodes until fewer than MAX_PENDING_DECODES are outstanding."""
+        self._pending = [f for f in self._pending if not f.done()]
+        while len(self._pending) >= MAX_PENDING_DECODES:
+            wait_futures([self._pending.pop(0)])
+
+    def _settle(self, state: VideoState) -> None:
+        """Append the poses of `state`'s chunks that went through `add_chunks`, in order (decoded ones from their
+        future, which re-raises a decode error here: the video's failure)."""
+        for poses, offset, dets in state.pending:
+            result = poses.result() if isinstance(poses, Future) else poses
+            self._append(state, result[offset : offset + len(dets)], dets)
+        state.pending.clear()
 
     def _append(self, state: VideoState, poses: list, dets: list) -> None:
         for (kp, sc), (b, bs) in zip(poses, dets):
@@ -288,6 +319,7 @@ class VideoExtractor:
 
     def finish(self, state: VideoState) -> dict:
         """Track persons over the whole video and build its record (not yet written)."""
+        self._settle(state)
         video, kps, (h, w) = state.video, state.kps, state.size
         has_boxes = self.detector is not None
         if not any(len(k) for k in kps):
@@ -363,6 +395,7 @@ class VideoState:
     box_scores: list = field(default_factory=list)
     kps: list = field(default_factory=list)
     scores: list = field(default_factory=list)
+    pending: list = field(default_factory=list)  # (poses or their decode's Future, offset, detections) per chunk
 
 
 def run_extract(

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -467,6 +468,15 @@ def keypoints_to_image(
 # ----------------------------------------------------------------------------- estimator base
 
 
+@dataclass
+class PendingPoses:
+    """`TopDownEstimator.forward_crops` output: the boxes per frame and, per batch of crops, (flip-averaged heatmaps
+    [N, 17, H, W], crop centers [N, 2], scales [N, 2]), on the host, in crop order."""
+
+    counts: list[int]
+    batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
 class TopDownEstimator:
     """A heatmap network run top-down: boxes in, COCO-17 keypoints in image pixels out.
 
@@ -541,6 +551,7 @@ class TopDownEstimator:
         """Keypoints for every box of every frame; crops of all frames share forward passes.
 
         `start_index` is part of the common signature (`PoseEstimator`); frames are independent here.
+        The same as `decode_heatmaps(forward_crops(frames, boxes))`.
 
         Args:
             frames: RGB uint8 images [H, W, 3].
@@ -550,14 +561,18 @@ class TopDownEstimator:
             per frame, (keypoints float32 [k_i, 17, 2] in image pixels, scores float32
             [k_i, 17] in [0, 1]); a frame without boxes gets empty arrays, never a guess.
         """
+        return self.decode_heatmaps(self.forward_crops(frames, boxes))
+
+    def forward_crops(self, frames: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> PendingPoses:
+        """The device's part of `estimate`: crops and the network, per `batch_size` crops; the heatmaps come back
+        to the host for `decode_heatmaps`, which can run in another thread (the extraction engine does)."""
         if len(frames) != len(boxes):
             raise ValueError(f"estimate: {len(frames)} frames but {len(boxes)} box arrays")
         checked = [_check_boxes(b, f"boxes of frame {i}") for i, b in enumerate(boxes)]
         counts = [len(b) for b in checked]
         # (frame index, box row) of every crop, in output order.
         jobs = [(f, r) for f, k in enumerate(counts) for r in range(k)]
-        kps = np.zeros((len(jobs), NUM_KEYPOINTS, 2), np.float32)
-        scores = np.zeros((len(jobs), NUM_KEYPOINTS), np.float32)
+        batches = []
         on_device = self.crop_backend == "device" and bool(jobs)
         if on_device:  # every frame with a box goes to the device once, for all its crops
             used = sorted({f for f, _ in jobs})
@@ -582,11 +597,21 @@ class TopDownEstimator:
                     input_size=self.input_size,
                     udp=self.udp,
                 )
-            heat = self.predict_heatmaps(crops)
+            batches.append((self.predict_heatmaps(crops), centers, scales))
+        return PendingPoses(counts, batches)
+
+    def decode_heatmaps(self, pending: PendingPoses) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The host's part of `estimate`: `forward`'s heatmaps -> per frame (keypoints, scores)."""
+        n = sum(pending.counts)
+        kps = np.zeros((n, NUM_KEYPOINTS, 2), np.float32)
+        scores = np.zeros((n, NUM_KEYPOINTS), np.float32)
+        start = 0
+        for heat, centers, scales in pending.batches:
             kp, sc = self.decode(heat, centers, scales)
-            kps[start : start + len(chunk)], scores[start : start + len(chunk)] = kp, sc
+            kps[start : start + len(heat)], scores[start : start + len(heat)] = kp, sc
+            start += len(heat)
         out, offset = [], 0
-        for k in counts:
+        for k in pending.counts:
             out.append((kps[offset : offset + k], scores[offset : offset + k]))
             offset += k
         return out

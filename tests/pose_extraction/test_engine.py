@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -147,7 +148,8 @@ class BrightBoxes:
 @pytest.mark.parametrize("name", ["vitpose", "hrnet"])
 def test_engine_topdown_records_equal_with_forwards_shared_across_videos(tmp_path, name):
     """Random-weight ViTPose / HRNet at a small input size: the engine's records equal the in-process path's
-    (keypoints to 1e-4 px, everything else exactly), while its detector batches hold frames of several videos."""
+    (keypoints to 1e-4 px, everything else exactly), while its detector batches hold frames of several videos and
+    its heatmaps are decoded in a thread of their own."""
     from pose_extraction.estimators import build_estimator, load_settings
     from pose_extraction.extract import PoseConfig, VideoExtractor, run_extract
     from tests.pose_extraction.conftest import two_person_frames
@@ -160,6 +162,14 @@ def test_engine_topdown_records_equal_with_forwards_shared_across_videos(tmp_pat
     small = {"input_size": (64, 96), "heatmap_size": (16, 24), "batch_size": 16}
     tiny = {"hidden_size": 32, "num_layers": 2, "num_heads": 2} if name == "vitpose" else {"variant": "hrnet_w18_small"}
     est = build_estimator(name, weights=None, settings={**load_settings(name), **tiny, **small})
+    decoded_in: set[str] = set()
+    decode = est.decode_heatmaps
+
+    def recording_decode(pending):
+        decoded_in.add(threading.current_thread().name.split("_")[0])
+        return decode(pending)
+
+    est.decode_heatmaps = recording_decode
     outs, detectors = {}, {}
     for workers in (1, 2):
         detectors[workers] = BrightBoxes()
@@ -169,6 +179,7 @@ def test_engine_topdown_records_equal_with_forwards_shared_across_videos(tmp_pat
         summary = run_extract(extractor, sorted(d.glob("*.mp4")), outs[workers], workers=workers, progress=False)
         assert summary["extracted"] == 4 and summary["failed"] == 0
     assert max(detectors[1].batches) <= 8 < max(detectors[2].batches)  # chunks of two videos in one call
+    assert decoded_in == {"MainThread", "decode"}  # the engine decodes heatmaps off its device loop
     for v in range(4):
         a, b = read_record(outs[1] / f"v{v}.pkl"), read_record(outs[2] / f"v{v}.pkl")
         assert a.keys() == b.keys() and a["keypoint"].shape[0] == 2
