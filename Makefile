@@ -38,7 +38,8 @@ PYTEST_ARGS ?=
 
 REC_SRC := $(shell find recognition pipeline -name '*.py' 2>/dev/null)
 # what a training run depends on: not the report or predict code
-TRAIN_SRC := $(filter-out recognition/report.py recognition/report_page.py recognition/robustness.py recognition/diagnostics.py \
+TRAIN_SRC := $(filter-out recognition/report.py recognition/report_core.py recognition/report_robustness.py \
+  recognition/report_failures.py recognition/report_page.py recognition/robustness.py recognition/diagnostics.py \
   recognition/perturb.py recognition/predict.py,$(REC_SRC))
 DEMO_DATA := $(ART)/datasets/mocap15.pkl
 DEMO_REPORT := $(ART)/reports/demo

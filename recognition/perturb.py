@@ -3,8 +3,9 @@
 Each perturbation is a pure function of its inputs and an explicit `np.random.Generator`; nothing here seeds a global
 RNG or touches torch. `PERTURBATIONS` (at the end) is the one table of them: name -> `PerturbationSpec` (where it acts,
 whether it is seeded, its parameters and identity, the function that applies it, its label, its random stream and its
-report sweep). `recognition.robustness` runs the table with a result cache and `recognition.report` draws its sweeps;
-adding a perturbation is a function here plus one entry (plus a `ReportConfig` grid when it gets a report sweep).
+report sweep). `recognition.robustness` runs the table with a result cache and `recognition.report_robustness`
+draws its sweeps; adding a perturbation is a function here plus one entry (plus a `ReportConfig` grid when it gets a
+report sweep).
 
 Where each one plugs into the preprocessing of docs/method.md §2 (`PerturbationSpec.space`):
 
@@ -210,7 +211,7 @@ def first_units_mask(ranks: np.ndarray, units: np.ndarray, step: int, n_steps: i
 
 @dataclass(frozen=True)
 class ReportSweep:
-    """The report's accuracy-vs-value section of a seeded perturbation (`recognition.report`).
+    """The report's accuracy-vs-value section of a seeded perturbation (`recognition.report_robustness.sweep`).
 
     Attributes:
         section: the section's name (its CSV/PNG file stem and `--only` argument).

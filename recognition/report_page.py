@@ -1,7 +1,7 @@
 """The report's page and files: a `Section` (table, figure, text, metrics) rendered as CSV, PNG
 and one self-contained `report.html` (the choices that make two reports comparable, tables, base64
 figures, the commands that regenerate each section, the report and run configs).
-`recognition.report` computes the sections."""
+`recognition.report` and its section modules compute the sections."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pipeline.config import dump_yaml
 
 
 class ReportView(Protocol):
-    """What the page shows of a report (`recognition.report.Report` is one); this module imports no report code."""
+    """What the page shows of a report (`recognition.report_core.Report` is one); this module imports no report code."""
 
     runs: Sequence[Any]  # each with .name, .device
     data: Sequence[Any]  # each with .path
