@@ -3,10 +3,10 @@ run the models in this one.
 
     worker processes (spawn)          main process
     open + decode a video, chunk by   claims, cache checks; per step, the chunks that arrived (one
-    chunk, sent over its own pipe --> per worker) through detector + estimator together
-                                      (`VideoExtractor.add_chunks`, the device loop); heatmap
-                                      decoding in a thread; per finished video: tracking + record
-                                      writing in another
+    chunk, sent over its own pipe --> per worker) through detector + estimator, together on
+                                      an accelerator (`VideoExtractor.add_chunks`, the device
+                                      loop), heatmaps decoded in a thread; per finished video:
+                                      tracking + record writing in another
 
 Each worker decodes one video at a time and sends `chunk_size`-frame chunks over its own pipe,
 one message per chunk (the first carries the video's size and fps, the last says so; a worker
@@ -14,11 +14,13 @@ holds one chunk back to know which is last). A pipe holds one chunk at most, so 
 bounded by N x (the reader's read-ahead + 3) chunks, whatever the videos' lengths or count
 (tests/pose_extraction/test_engine.py measures it on a 10,000-frame video). The models see the
 same chunks, in the same order per video, as in the in-process path (`VideoExtractor.extract`).
-The chunks of one step share the detector's and the top-down estimator's forwards, so short
-videos and the tail chunks of long ones fill a batch; a crop's result does not depend on its
-batch beyond float rounding (keypoints equal to 1e-4 px, tests/pose_extraction/test_engine.py).
-Bottom-up and stand-in estimators and keyframe detection (state per video) take the chunks one
-by one: their records are the in-process path's, bit for bit on the CPU.
+With the models on an accelerator, the chunks of one step share the detector's and the top-down
+estimator's forwards, so short videos and the tail chunks of long ones fill a batch, and the
+heatmaps are decoded in a thread while the device runs the next batch; a crop's result does not
+depend on its batch beyond float rounding (keypoints equal to 1e-4 px,
+tests/pose_extraction/test_engine.py). On the CPU both are off (`SHARE_ON_CPU`: they gain
+nothing there and measured slower), as they are for bottom-up and stand-in estimators and
+keyframe detection (state per video): those records are the in-process path's, bit for bit.
 
 Claims (`OUT/.claims/`), the cache checks, failure markers and counts are the in-process path's
 (`extract.begin_video` / `VideoJob`), held by this process. A worker that dies (killed, out of
@@ -51,6 +53,10 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 MAX_WORKERS = 8
+# Forwards shared across videos and the decode thread are for an accelerator, which they keep busy. On the CPU they
+# gain nothing and cost: HRNet's batches of 64 crops ran 12-20% slower than two of 32 here (caches), and a decode
+# thread competes with the network for the same cores. Tests turn them on to check those paths on the CPU.
+SHARE_ON_CPU = False
 WORKER_NICENESS = 5
 _DIE_ENV = "RSA_EXTRACT_WORKER_DIE"  # tests: "<video stem>" (every attempt) or "<stem>@once"
 
@@ -170,6 +176,7 @@ class Engine:
         self.queue: list[tuple[int, int]] = []  # (job id, attempt) waiting for a worker
         self.finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finish")
         self.decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
+        self.share = False  # run() decides: chunks of a step share forwards, heatmaps decode in `decoder`
         self.finishing: list[Future] = []
         self.counts: Counter = Counter()
         self.refused: list[str] = []
@@ -178,7 +185,9 @@ class Engine:
     def run(self, videos: list[Path]) -> None:
         """Extract `videos`; counts, refused and busy (claimed elsewhere) videos are left on `self`."""
         begin_video = self.begin_video
-        self.extractor.decoder = self.decoder  # top-down heatmaps decoded off the device loop
+        self.share = SHARE_ON_CPU or not str(getattr(self.extractor.estimator, "device", "cpu")).startswith("cpu")
+        if self.share:
+            self.extractor.decoder = self.decoder  # top-down heatmaps decoded while the device runs the next batch
         try:
             todo = iter(videos)
             next_id = 0
@@ -261,10 +270,12 @@ class Engine:
                 a = self.active[msg[1]]
                 a.state = self.extractor.start(a.job.video, size=msg[4][0], fps=msg[4][1])
         chunks = [(self.active[m[1]], m) for _, m in messages if m[0] == "chunk" and self.active[m[1]].error is None]
-        if chunks:
-            errors = self.extractor.add_chunks([(a.state, m[2], m[3]) for a, m in chunks])  # the device loop
-            for (a, _), exc in zip(chunks, errors):
-                a.error = a.error or exc
+        groups = [chunks] if self.share else [[c] for c in chunks]
+        for group in groups:
+            if group:
+                errors = self.extractor.add_chunks([(a.state, m[2], m[3]) for a, m in group])  # the device loop
+                for (a, _), exc in zip(group, errors):
+                    a.error = a.error or exc
         for w, msg in messages:
             if msg[0] == "error" or msg[5]:  # a failed or a finished video
                 self._end(w, msg)

@@ -146,12 +146,15 @@ class BrightBoxes:
 
 
 @pytest.mark.parametrize("name", ["vitpose", "hrnet"])
-def test_engine_topdown_records_equal_with_forwards_shared_across_videos(tmp_path, name):
+def test_engine_topdown_records_equal_with_forwards_shared_across_videos(tmp_path, name, monkeypatch):
     """Random-weight ViTPose / HRNet at a small input size: the engine's records equal the in-process path's
     (keypoints to 1e-4 px, everything else exactly), while its detector batches hold frames of several videos and
     its heatmaps are decoded in a thread of their own."""
+    from pose_extraction import engine
     from pose_extraction.estimators import build_estimator, load_settings
     from pose_extraction.extract import PoseConfig, VideoExtractor, run_extract
+
+    monkeypatch.setattr(engine, "SHARE_ON_CPU", True)  # the accelerator's path, run on the CPU
     from tests.pose_extraction.conftest import two_person_frames
     from tests.pose_extraction.conftest import write_video as write_frames
 
