@@ -41,7 +41,7 @@ import os
 import signal
 import socket
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -182,8 +182,9 @@ class Engine:
         self.refused: list[str] = []
         self.busy: list[Path] = []
 
-    def run(self, videos: list[Path]) -> None:
-        """Extract `videos`; counts, refused and busy (claimed elsewhere) videos are left on `self`."""
+    def run(self, videos: Iterable[Path]) -> None:
+        """Extract `videos` (a list, or a progress bar over one: it advances as videos are claimed, at most
+        2 x workers ahead of the records written); counts, refused and busy videos are left on `self`."""
         begin_video = self.begin_video
         self.share = SHARE_ON_CPU or not str(getattr(self.extractor.estimator, "device", "cpu")).startswith("cpu")
         if self.share:

@@ -451,7 +451,7 @@ def run_extract(
         engine = Engine(
             extractor, out, workers=n, overwrite=overwrite, retry_failed=retry_failed, begin_video=begin_video
         )
-        engine.run(mine)
+        engine.run(progress_bar(mine, desc=f"extract {shard[0]}/{shard[1]}", disable=not progress, leave=True))
         counts.update(engine.counts)
         refused += engine.refused
         busy += engine.busy
