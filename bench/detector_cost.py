@@ -71,7 +71,7 @@ def match(ref_kp: np.ndarray, kp: np.ndarray) -> list[tuple[int, int, float]]:
     d = np.linalg.norm(ref_kp[:, None] - kp[None], axis=-1).mean(-1)  # [r, f]
     pairs = []
     while np.isfinite(d).any():
-        r, f = np.unravel_index(np.nanargmin(np.where(np.isfinite(d), d, np.nan)), d.shape)
+        r, f = np.unravel_index(np.argmin(d), d.shape)
         pairs.append((int(r), int(f), float(d[r, f])))
         d[r, :], d[:, f] = np.inf, np.inf
     return pairs

@@ -23,7 +23,7 @@ nothing there and measured slower), as they are for bottom-up and stand-in estim
 keyframe detection (state per video): those records are the in-process path's, bit for bit.
 
 Claims (`OUT/.claims/`), the cache checks, failure markers and counts are the in-process path's
-(`extract.begin_video` / `VideoJob`), held by this process. A worker that dies (killed, out of
+(`jobs.begin_video` / `VideoJob`), held by this process. A worker that dies (killed, out of
 memory) takes only its own pipe with it: its video is started again once in a new worker, and
 fails with a clear error ("decode worker died") if that one dies too. Decoding errors (a corrupt
 file, a mid-video frame size change) fail that video only.
@@ -41,7 +41,7 @@ import os
 import signal
 import socket
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -49,6 +49,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pose_extraction.jobs import begin_video
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +148,7 @@ class _Worker:
 
 @dataclass
 class _Active:
-    job: Any  # extract.VideoJob
+    job: Any  # jobs.VideoJob
     attempt: int = 0
     state: Any = None  # extract.VideoState once its first chunk arrived
     error: BaseException | None = None
@@ -163,12 +165,10 @@ class Engine:
         workers: int,
         overwrite: bool,
         retry_failed: bool,
-        begin_video: Callable[..., Any],
     ) -> None:
-        """`begin_video` is `pose_extraction.extract.begin_video` (passed in: extract imports this module)."""
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
-        self.extractor, self.out, self.n, self.begin_video = extractor, out, workers, begin_video
+        self.extractor, self.out, self.n = extractor, out, workers
         self.overwrite, self.retry_failed = overwrite, retry_failed
         self.ctx = mp.get_context("spawn")
         self.workers: list[_Worker] = []
@@ -185,7 +185,6 @@ class Engine:
     def run(self, videos: Iterable[Path]) -> None:
         """Extract `videos` (a list, or a progress bar over one: it advances as videos are claimed, at most
         2 x workers ahead of the records written); counts, refused and busy videos are left on `self`."""
-        begin_video = self.begin_video
         self.share = SHARE_ON_CPU or not str(getattr(self.extractor.estimator, "device", "cpu")).startswith("cpu")
         if self.share:
             self.extractor.decoder = self.decoder  # top-down heatmaps decoded while the device runs the next batch

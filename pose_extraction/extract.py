@@ -20,8 +20,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import time
-import traceback
 from collections import Counter
 from concurrent.futures import Executor, Future
 from concurrent.futures import wait as wait_futures
@@ -35,9 +33,10 @@ from pipeline.atomic import remove_orphaned_temps
 from pipeline.config import to_dict
 from pipeline.datasets import check_unique_video_ids
 from pipeline.progress import progress as progress_bar
-from pipeline.schema import SCHEMA_VERSION, read_record, write_record
+from pipeline.schema import SCHEMA_VERSION
 from pose_extraction import cache
 from pose_extraction.estimators import check_estimator
+from pose_extraction.jobs import extract_one
 from pose_extraction.tracking import TrackingConfig, track_persons
 
 log = logging.getLogger(__name__)
@@ -108,17 +107,6 @@ def shard_of(items: list, shard: tuple[int, int]) -> list:
     if not 0 <= i < n:
         raise ValueError(f"shard {i}/{n}: need 0 <= i < n")
     return items[i::n]
-
-
-def stored_record(path: Path) -> dict | None:
-    """The valid record at `path`, or None (a corrupt or partial one is redone)."""
-    if not path.is_file():
-        return None
-    try:
-        return read_record(path)
-    except Exception as exc:  # unreadable: extract again
-        log.warning("%s exists but is invalid (%s); extracting again", path, str(exc).splitlines()[0])
-        return None
 
 
 class VideoExtractor:
@@ -260,11 +248,13 @@ class VideoExtractor:
             return errors
         offset = 0
         for state, _, chunk in items:
-            n = len(chunk)
-            state.pending.append((poses, offset, dets[offset : offset + n]))
-            offset += n
-            if not isinstance(poses, Future):
+            part = slice(offset, offset + len(chunk))
+            offset = part.stop
+            if isinstance(poses, Future):  # decoding: appended in order once done (`_settle`)
+                state.pending.append((poses, part, dets[part]))
+            else:
                 self._settle(state)
+                self._append(state, poses[part], dets[part])
         return [None] * len(items)
 
     def _bound_pending(self) -> None:
@@ -274,11 +264,10 @@ class VideoExtractor:
             wait_futures([self._pending.pop(0)])
 
     def _settle(self, state: VideoState) -> None:
-        """Append the poses of `state`'s chunks that went through `add_chunks`, in order (decoded ones from their
-        future, which re-raises a decode error here: the video's failure)."""
-        for poses, offset, dets in state.pending:
-            result = poses.result() if isinstance(poses, Future) else poses
-            self._append(state, result[offset : offset + len(dets)], dets)
+        """Append the poses of `state`'s chunks still decoding in `decoder`, in order (a decode error is re-raised
+        here: the video's failure)."""
+        for future, part, dets in state.pending:
+            self._append(state, future.result()[part], dets)
         state.pending.clear()
 
     def _append(self, state: VideoState, poses: list, dets: list) -> None:
@@ -395,7 +384,7 @@ class VideoState:
     box_scores: list = field(default_factory=list)
     kps: list = field(default_factory=list)
     scores: list = field(default_factory=list)
-    pending: list = field(default_factory=list)  # (poses or their decode's Future, offset, detections) per chunk
+    pending: list = field(default_factory=list)  # per chunk still decoding: (its Future, its slice, detections)
 
 
 def run_extract(
@@ -434,7 +423,7 @@ def run_extract(
     busy: list[Path] = []
 
     def visit(video: Path, *, wait: bool) -> None:
-        outcome = _extract_one(extractor, video, out, overwrite=overwrite, retry_failed=retry_failed, wait=wait)
+        outcome = extract_one(extractor, video, out, overwrite=overwrite, retry_failed=retry_failed, wait=wait)
         if outcome == "busy":
             busy.append(video)
             return
@@ -448,9 +437,7 @@ def run_extract(
         from pose_extraction.engine import Engine
 
         n = min(workers, len(mine))
-        engine = Engine(
-            extractor, out, workers=n, overwrite=overwrite, retry_failed=retry_failed, begin_video=begin_video
-        )
+        engine = Engine(extractor, out, workers=n, overwrite=overwrite, retry_failed=retry_failed)
         engine.run(progress_bar(mine, desc=f"extract {shard[0]}/{shard[1]}", disable=not progress, leave=True))
         counts.update(engine.counts)
         refused += engine.refused
@@ -486,124 +473,6 @@ def run_extract(
             f"written and will be skipped on the next run (failed ones too, unless --retry-failed)"
         )
     return summary
-
-
-def _extract_one(
-    extractor: VideoExtractor, video: Path, out: Path, *, overwrite: bool, retry_failed: bool, wait: bool
-) -> str | tuple[str, str]:
-    """One video under its claim: "extracted", "skipped", "skipped_failed", "done_by_other", "failed",
-    "busy" (claimed by another process, wait=False), or ("refused", what differs)."""
-    outcome, job = begin_video(extractor, video, out, overwrite=overwrite, retry_failed=retry_failed, wait=wait)
-    if job is None:
-        return outcome
-    try:
-        try:
-            rec = extractor.extract(video)
-        except Exception as exc:  # one bad video must not stop the others: logged, counted, reported
-            return job.fail(exc)
-        return job.write(rec)
-    finally:
-        job.release()
-
-
-class VideoJob:
-    """A claimed video on its way to a record: `write(rec)` or `fail(exc)`, then `release()`."""
-
-    def __init__(self, video: Path, out: Path, key: dict, claim: Any) -> None:
-        self.video, self.out, self.key, self._claim = video, out, key, claim
-        self.dest = out / f"{video.stem}.pkl"
-        self.t0 = time.perf_counter()
-
-    def write(self, rec: dict) -> str:
-        """Write the record (atomic); a failure to write it becomes the video's failure."""
-        try:
-            rec["cache"] = self.key
-            write_record(rec, self.dest)
-        except Exception as exc:  # noqa: BLE001 -- as fail(): logged, counted, reported
-            return self.fail(exc)
-        log.info(
-            "%s: %d frames, %d persons kept, %.1f s",
-            self.video.name,
-            rec["total_frames"],
-            rec["keypoint"].shape[0],
-            time.perf_counter() - self.t0,
-        )
-        return "extracted"
-
-    def fail(self, exc: BaseException) -> str:
-        """Log the error and write the failure marker; re-raise an unwritable output folder."""
-        if isinstance(exc, OSError) and exc.filename == str(self.dest):
-            raise exc  # the output folder itself is unwritable: every video would fail the same way
-        log.error("%s: %s", self.video, exc)
-        log.debug("%s", "".join(traceback.format_exception(exc)))
-        cache.write_failure(
-            self.out,
-            self.video.stem,
-            {
-                "video": str(self.video),
-                "error": getattr(exc, "description", f"{type(exc).__name__}: {exc}"),
-                "key": self.key,
-            },
-        )
-        return "failed"
-
-    def release(self) -> None:
-        """Give up the claim (idempotent)."""
-        if self._claim is not None:
-            self._claim.__exit__(None, None, None)
-            self._claim = None
-
-
-def begin_video(
-    extractor: VideoExtractor, video: Path, out: Path, *, overwrite: bool, retry_failed: bool, wait: bool
-) -> tuple[str | tuple[str, str] | None, VideoJob | None]:
-    """Check the cache and take the video's claim: (outcome, None) when there is nothing to do
-    (outcomes as `_extract_one`'s), else (None, the claimed job)."""
-    dest = out / f"{video.stem}.pkl"
-    key = extractor.key_for(video)
-    first, _ = _state(out, dest, video, key, overwrite=overwrite, retry_failed=retry_failed)
-    if first is not None:
-        return first, None
-    claim = cache.claim(out, video.stem, wait=wait)
-    if not claim.__enter__():
-        claim.__exit__(None, None, None)
-        return "busy", None
-    job = VideoJob(video, out, key, claim)
-    try:
-        again, old = _state(out, dest, video, key, overwrite=overwrite, retry_failed=retry_failed)
-        if again is not None:  # finished by another process while we were looking
-            job.release()
-            return ("done_by_other" if again in ("skipped", "skipped_failed") else again), None
-        if old is not None:
-            log.info("%s: re-extracting, the record differs: %s", video.name, cache.differences(old.get("cache"), key))
-            dest.unlink()  # stale: never left beside a video it does not describe
-        cache.clear_failure(out, video.stem)
-    except BaseException:
-        job.release()
-        raise
-    log.info("%s: extracting", video.name)
-    job.t0 = time.perf_counter()
-    return None, job
-
-
-def _state(
-    out: Path, dest: Path, video: Path, key: dict, *, overwrite: bool, retry_failed: bool
-) -> tuple[str | tuple[str, str] | None, dict | None]:
-    """What is already there for this key: ("skipped" | "skipped_failed" | ("refused", why) | None for work,
-    the valid record at `dest` if it is stale, else None), reading the record once."""
-    rec = stored_record(dest)
-    if rec is not None:
-        if isinstance(rec.get("cache"), dict) and rec["cache"].get("digest") == key["digest"]:
-            return "skipped", None
-        if not overwrite:
-            why = f"{dest.name}: {cache.differences(rec.get('cache'), key)}"
-            log.error("%s: kept (--no-overwrite), it differs from this run: %s", video.name, why)
-            return ("refused", why), None
-        return None, rec
-    failure = cache.read_failure(out, video.stem)
-    if failure is not None and not retry_failed and failure.get("key", {}).get("digest") == key["digest"]:
-        return "skipped_failed", None
-    return None, None
 
 
 def distributed_shard() -> tuple[int, int] | None:
