@@ -15,6 +15,10 @@ import sys
 import numpy as np
 import pytest
 
+from pose_extraction.crops import (
+    bbox_xyxy_to_center_scale,
+    crop_batch,
+)
 from pose_extraction.estimators import (
     ESTIMATORS,
     EstimatorError,
@@ -23,10 +27,8 @@ from pose_extraction.estimators import (
     load_settings,
     settings_keys,
 )
-from pose_extraction.topdown import (
+from pose_extraction.heatmaps import (
     COCO_FLIP_INDICES,
-    bbox_xyxy_to_center_scale,
-    crop_batch,
     flip_heatmaps,
     get_heatmap_maximum,
 )
@@ -434,7 +436,7 @@ def test_vitpose_mirrored_image_gives_mirrored_keypoints(monkeypatch):
     of its result on the mirrored map, which is mirror-equivariant by construction) the whole
     pipeline must mirror to 1e-3 px; with mmpose's decoder the integer peaks mirror exactly and
     the keypoints to within a small fraction of a heatmap pixel."""
-    from pose_extraction import topdown
+    from pose_extraction import heatmaps
 
     est = vitpose(decoder="classic")
     randomize_(est.model, seed=5)
@@ -466,7 +468,7 @@ def test_vitpose_mirrored_image_gives_mirrored_keypoints(monkeypatch):
     np.testing.assert_allclose(msc[:, FI], sc, atol=1e-6)
     assert ((sc > 0) == seen).all()
 
-    dark = topdown.refine_keypoints_dark_udp
+    dark = heatmaps.refine_keypoints_dark_udp
 
     def mirrored_dark(keypoints, heatmaps, kernel):  # mmpose's step with the other diagonal
         mkeys = keypoints.copy()
@@ -480,13 +482,13 @@ def test_vitpose_mirrored_image_gives_mirrored_keypoints(monkeypatch):
 
     # mmpose's decoder: the mirrored image's keypoints are the original's decoded with the
     # mixed derivative from the other diagonal, and that is the only difference
-    monkeypatch.setattr(topdown, "refine_keypoints_dark_udp", mirrored_dark)
+    monkeypatch.setattr(heatmaps, "refine_keypoints_dark_udp", mirrored_dark)
     ((akp, _),) = est.estimate([frame], [boxes])
     np.testing.assert_allclose(_mirror_back(mkp, w)[seen], akp[seen], atol=1e-3)
     assert np.abs(akp - kp)[seen].max() > 1e-3  # ... and it is a real difference
 
     # the symmetrised decoder: the whole pipeline mirrors exactly
-    monkeypatch.setattr(topdown, "refine_keypoints_dark_udp", symmetric_dark)
+    monkeypatch.setattr(heatmaps, "refine_keypoints_dark_udp", symmetric_dark)
     (skp, _), (smkp, _) = est.estimate([frame, mirrored], [boxes, mboxes])
     np.testing.assert_allclose(_mirror_back(smkp, w)[seen], skp[seen], atol=1e-3)
 

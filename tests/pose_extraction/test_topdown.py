@@ -14,24 +14,28 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pose_extraction.topdown import (
-    COCO_FLIP_INDICES,
+from pose_extraction.crops import (
     IMAGENET_MEAN_RGB,
     IMAGENET_STD_RGB,
-    TopDownEstimator,
     bbox_xyxy_to_center_scale,
     crop_batch,
     crop_batch_torch,
+    frames_to_tensor,
+    get_udp_warp_matrix,
+    get_warp_matrix,
+)
+from pose_extraction.heatmaps import (
+    COCO_FLIP_INDICES,
     decode_msra,
     decode_udp,
     flip_heatmaps,
-    frames_to_tensor,
     get_heatmap_maximum,
-    get_udp_warp_matrix,
-    get_warp_matrix,
     keypoints_to_image,
     refine_keypoints_dark_udp,
     refine_keypoints_quarter,
+)
+from pose_extraction.topdown import (
+    TopDownEstimator,
 )
 
 cv2 = pytest.importorskip("cv2")
